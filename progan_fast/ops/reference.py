@@ -1,0 +1,153 @@
+"""Plain-PyTorch reference implementations: the ground truth every kernel is tested against.
+
+Every function here is ordinary differentiable PyTorch (to any order), runs on any device and
+never routes through the custom operators. Low-precision inputs are computed in float32 and cast
+back, which is the numerical contract the fused kernels follow too (math in fp32 registers,
+loads/stores in the tensor's dtype).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("linear", "lrelu", "relu")
+
+
+def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
+    return [-1 if i == dim else 1 for i in range(x.ndim)]
+
+
+def _activate(x: torch.Tensor, act: str, slope: float) -> torch.Tensor:
+    if act == "lrelu":
+        return F.leaky_relu(x, slope)
+    if act == "relu":
+        return F.relu(x)
+    return x
+
+
+def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
+    """act(x + b) * gain, with b broadcast along `dim`."""
+    y = x.float()
+    if b is not None:
+        y = y + b.float().reshape(_broadcast_shape(x, dim))
+    y = _activate(y, act, slope)
+    if gain != 1.0:
+        y = y * gain
+    return y.to(x.dtype)
+
+
+def pixel_norm(x, *, eps=1e-8, dim=1):
+    """x * rsqrt(mean(x^2 over `dim`) + eps)."""
+    y = x.float()
+    y = y * torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps)
+    return y.to(x.dtype)
+
+
+def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
+    """G's conv epilogue: pixel_norm(act(x + b) * gain) over channels (dim 1)."""
+    y = x.float()
+    if b is not None:
+        y = y + b.float().reshape(_broadcast_shape(x, 1))
+    y = _activate(y, act, slope)
+    if gain != 1.0:
+        y = y * gain
+    y = y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps)
+    return y.to(x.dtype)
+
+
+_pixel_norm = pixel_norm  # eq_conv2d's `pixel_norm` flag shadows the function name
+
+
+def minibatch_stddev(x, *, group_size=4, eps=1e-8):
+    """Append one channel: the mean stddev of strided groups (samples j, j+M, j+2M, ...)."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    y = x.float().reshape(g, -1, c, h, w)  # [G, M, C, H, W]: group m = samples m, m+M, ...
+    y = y - y.mean(dim=0)
+    y = (y.square().mean(dim=0) + eps).sqrt()  # biased variance, as the official code
+    y = y.mean(dim=(1, 2, 3))  # [M]
+    y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
+    return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+def upsample2x(x):
+    """Nearest-neighbour 2x upsampling."""
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+def downsample2x(x):
+    """2x2 box filter (average pool), computed in fp32."""
+    return F.avg_pool2d(x.float(), 2).to(x.dtype)
+
+
+def _lerp(a, b, alpha):
+    """a + (b - a) * alpha in fp32; alpha a float or a 0-d tensor."""
+    a32, b32 = a.float(), b.float()
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.float()
+    return (a32 + (b32 - a32) * alpha).to(a.dtype)
+
+
+def upsample_blend(hi, lo, alpha):
+    """G's fade-in: alpha * hi + (1 - alpha) * nearest_up2x(lo)."""
+    return _lerp(upsample2x(lo), hi, alpha)
+
+
+def fade_reals(x, alpha):
+    """Reals during a fade: alpha * x + (1 - alpha) * nearest_up2x(avgpool2x(x))."""
+    return _lerp(upsample2x(downsample2x(x)), x, alpha)
+
+
+def lerp(a, b, alpha):
+    """a + (b - a) * alpha (D's feature-space fade-in: a = old path, b = new block)."""
+    return _lerp(a, b, alpha)
+
+
+def equalized_weight(weight, gain):
+    """The run-time weight of an equalized-LR layer: N(0,1) parameter * gain / sqrt(fan_in)."""
+    fan_in = weight[0].numel()
+    return weight * (gain / math.sqrt(fan_in))
+
+
+def _fused_up_weight(w):
+    """3x3 kernel of an upsample+conv -> 4x4 kernel of the equivalent stride-2 transposed conv."""
+    w = F.pad(w, (1, 1, 1, 1))
+    w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+    # A transposed conv applies its kernel flipped relative to a correlation: flip it back.
+    return w.flip([2, 3]).transpose(0, 1)  # conv_transpose2d wants [Cin, Cout, k, k]
+
+
+def _fused_down_weight(w):
+    """3x3 kernel of a conv+avgpool -> 4x4 kernel of the equivalent stride-2 conv."""
+    w = F.pad(w, (1, 1, 1, 1))
+    return (w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]) * 0.25
+
+
+def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
+    """Convolution with 'same' padding (odd k) or valid (even k), optionally on a nearest-2x
+    upsampled input (`up`) or followed by a 2x2 average pool (`down`). `fused_scale` computes the
+    same function as one strided (transposed) 4x4 convolution, the official `fused_scale` form."""
+    k = w.shape[-1]
+    pad = k // 2 if k % 2 == 1 else 0
+    if fused_scale and up and k == 3:
+        return F.conv_transpose2d(x, _fused_up_weight(w), stride=2, padding=1)
+    if fused_scale and down and k == 3:
+        return F.conv2d(x, _fused_down_weight(w), stride=2, padding=1)
+    if up:
+        x = upsample2x(x)
+    y = F.conv2d(x, w, padding=pad)
+    if down:
+        y = F.avg_pool2d(y, 2)
+    return y
+
+
+def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
+              up=False, down=False, fused_scale=False, eps=1e-8):
+    """One whole PGGAN conv layer: equalized-LR conv (+ up/down) -> bias -> act (-> pixel norm)."""
+    w = equalized_weight(weight, gain).to(x.dtype)
+    y = conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
+    if pixel_norm:
+        return bias_act_pixel_norm(y, bias, act=act, slope=slope, eps=eps)
+    return bias_act(y, bias, act=act, slope=slope)
