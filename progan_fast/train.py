@@ -184,7 +184,7 @@ def _main(args: dict) -> int:
     print(f"progan_fast: {desc}; {cfg.resolution}px x{cfg.num_channels}; preset {cfg.preset}; device {device}; "
           f"amp {cfg.amp_dtype if cfg.amp else 'off'}; run dir {run_dir}", file=sys.stderr)
     status = trainer.run()
-    print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.1f} kimg; outputs in {run_dir}", file=sys.stderr)
+    print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.3f} kimg; outputs in {run_dir}", file=sys.stderr)
     return 130 if status == "interrupted" else 0
 
 

@@ -47,6 +47,10 @@ def total_kimg(cfg: TrainConfig) -> float:
     return build_schedule(cfg).total_kimg_to_full() + cfg.stable_kimg
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the loop checks between steps (so the saved state is consistent);
     a second Ctrl-C aborts at once."""
@@ -75,11 +79,11 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, dataset: MultiResolutionDataset, run_dir: str | os.PathLike, *,
-                 rank: int = 0, device: torch.device | None = None, progress: bool = True, log=print):
+                 rank: int = 0, device: torch.device | None = None, progress: bool = True, log=None):
         self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
         self.rank, self.is_main = rank, rank == 0
         self.device = device or torch.device("cpu")
-        self.log = log if self.is_main else (lambda *a, **k: None)
+        self.log = (log or _stderr) if self.is_main else (lambda *a, **k: None)
         self.progress = progress and self.is_main
         ops.set_backend(cfg.backend)
         torch.manual_seed(cfg.seed)  # initial weights: identical on every rank
@@ -225,7 +229,7 @@ class Trainer:
             bar.close()
         if status == "interrupted":
             self.save_checkpoint()
-            self.log(f"interrupted at {self.cur_nimg / 1000:.1f} kimg; checkpoint saved. Resume with "
+            self.log(f"interrupted at {self.cur_nimg / 1000:.3f} kimg; checkpoint saved. Resume with "
                      f"`python -m progan_fast.train --resume {self.run_dir}`")
         elif self.cur_nimg < self.total_nimg:
             status = "stopped"
