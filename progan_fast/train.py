@@ -144,19 +144,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: dict) -> int:
+    from .training import distributed
+    try:
+        return _train(args, distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: dict, distributed) -> int:
     from .training.trainer import Trainer
     given = _given_to_config(args)
+    rank, world, dist_device = distributed.init_from_env(given.get("device", "auto"))
+    if world > 1:
+        given["world_size"] = world
+        given["device"] = str(dist_device)
     ckpt = None
     if "resume" in args:
         run_dir = Path(args["resume"])
-        if not (run_dir / LATEST).is_file():
+        if rank == 0 and not (run_dir / LATEST).is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no {LATEST} there (is it a progan_fast run directory?)")
-        ckpt = load_checkpoint(run_dir)
+        ckpt = distributed.broadcast_object(load_checkpoint(run_dir) if rank == 0 else None)
         saved = TrainConfig.from_json(ckpt["config"])
         check_resume_compatible(saved, {k: v for k, v in given.items() if k not in ("device", "backend", "preset",
                                                                                   "tensorboard", "tick_kimg")})
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
+        saved.world_size = world
         for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
@@ -167,7 +180,10 @@ def _main(args: dict) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = resolve_config(given, device)
     dataset, desc = load_dataset(cfg)
-    if ckpt is None:
+    distributed.check_same_config(cfg.identity())
+    if ckpt is None and rank != 0:
+        run_dir = None
+    elif ckpt is None:
         if "run_dir" in args:
             run_dir = Path(args["run_dir"])
             if run_dir.exists() and any(run_dir.iterdir()):
@@ -178,13 +194,17 @@ def _main(args: dict) -> int:
             run_dir = new_run_dir(args.get("outdir", "runs"), f"{name}-{cfg.resolution}")
         with open(run_dir / "config.json", "w") as f:
             json.dump({**cfg.to_json(), "dataset_description": desc}, f, indent=2)
-    trainer = Trainer(cfg, dataset, run_dir, device=device, progress=args.get("progress", True))
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if rank == 0 else None))
+    trainer = Trainer(cfg, dataset, run_dir, rank=rank, device=device, progress=args.get("progress", True))
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
-    print(f"progan_fast: {desc}; {cfg.resolution}px x{cfg.num_channels}; preset {cfg.preset}; device {device}; "
-          f"amp {cfg.amp_dtype if cfg.amp else 'off'}; run dir {run_dir}", file=sys.stderr)
+    if rank == 0:
+        print(f"progan_fast: {desc}; {cfg.resolution}px x{cfg.num_channels}; preset {cfg.preset}; device {device}"
+              f"{f' x{world} ranks' if world > 1 else ''}; amp {cfg.amp_dtype if cfg.amp else 'off'}; run dir {run_dir}",
+              file=sys.stderr)
     status = trainer.run()
-    print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.3f} kimg; outputs in {run_dir}", file=sys.stderr)
+    if rank == 0:
+        print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.3f} kimg; outputs in {run_dir}", file=sys.stderr)
     return 130 if status == "interrupted" else 0
 
 

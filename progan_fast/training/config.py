@@ -11,7 +11,8 @@ from .schedule import PAPER_LRATE, PAPER_MINIBATCH
 # Keys that define the run; a resumed run must agree on all of them.
 IDENTITY_KEYS = ("data", "resolution", "num_channels", "fmap_base", "fmap_decay", "fmap_max", "latent_size",
                  "fused_scale", "mbstd_group_size", "stable_kimg", "fade_kimg", "minibatch", "lrate",
-                 "lrate_base", "amp", "amp_dtype", "mirror", "seed", "world_size", "ema_beta", "initial_resolution")
+                 "lrate_base", "amp", "amp_dtype", "mirror", "seed", "ema_beta", "initial_resolution")
+# world_size is not among them: a run may resume on any number of GPUs (the minibatch is global).
 
 PRESETS = {
     # The paper's networks and schedule (official G_paper / D_paper, 600 + 600 kimg per resolution).

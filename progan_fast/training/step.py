@@ -28,7 +28,7 @@ class TrainStep:
     def __init__(self, G, D, *, lr: float = 1e-3, betas=(0.0, 0.99), adam_eps: float = 1e-8, amp_dtype=None,
                  ema_beta: float = 0.999, wgan_lambda: float = 10.0, wgan_target: float = 1.0,
                  drift: float = 1e-3, channels_last: bool = False, device=None, Gs=None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1):
         self.G, self.D = G, D
         g_mod = unwrap(G)
         self.device = torch.device(device) if device is not None else next(g_mod.parameters()).device
@@ -46,6 +46,10 @@ class TrainStep:
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.generator = generator or torch.Generator(self.device).manual_seed(0)
         self.skipped_steps = 0
+        # Data parallel: every rank holds the same generator state and draws the *global* batch of
+        # latents / mixing factors, keeping its interleaved share (the data stream shards the same
+        # way), so N ranks x B compute exactly what 1 rank x N*B would, and resume works at any size.
+        self.rank, self.world_size = rank, world_size
 
     # -- optimizer state -------------------------------------------------------------------------------
     def _adam(self, module):
@@ -66,19 +70,39 @@ class TrainStep:
 
     # -- the iteration ---------------------------------------------------------------------------------
     def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, unwrap(self.G).latent_size, device=self.device, generator=self.generator)
+        z = torch.randn(n * self.world_size, unwrap(self.G).latent_size, device=self.device, generator=self.generator)
+        return z[self.rank::self.world_size]
+
+    def _mix(self, n: int) -> torch.Tensor:
+        u = torch.rand(n * self.world_size, 1, 1, 1, device=self.device, generator=self.generator)
+        return u[self.rank::self.world_size]
+
+    def _allreduce_grads(self, params) -> None:
+        """Average gradients over ranks in one flat all-reduce (once per optimizer step)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
 
     def _apply(self, loss, opt, scaler, params) -> bool:
         """Backward + optimizer step unless the gradients are non-finite. Returns True if applied."""
         opt.zero_grad(set_to_none=True)
         if scaler.is_enabled():
             scaler.scale(loss).backward()
+            self._allreduce_grads(params)
             before = scaler.get_scale()
             scaler.step(opt)
             scaler.update()
             applied = scaler.get_scale() >= before
         else:
             loss.backward()
+            self._allreduce_grads(params)
             grads = [p.grad for p in params if p.grad is not None]
             applied = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
             if applied:
@@ -104,7 +128,7 @@ class TrainStep:
         unwrap(D).requires_grad_(True)
         with torch.no_grad(), _autocast(dev.type, self.amp_dtype):
             fakes = G(self._latents(n), res_log2, alpha)
-        mix = torch.rand(n, 1, 1, 1, device=dev, generator=self.generator)
+        mix = self._mix(n)
         d_loss, stats = d_loss_wgangp(D, reals, fakes, res_log2, alpha, mix=mix, lam=self.wgan_lambda,
                                       gamma=self.wgan_target, drift=self.drift, amp_dtype=self.amp_dtype,
                                       scaler=self.scaler_d)
@@ -147,5 +171,10 @@ class TrainStep:
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        self.generator.set_state(state["generator"])
+        try:
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, TypeError):  # e.g. a CPU run resumed on a GPU: another generator type
+            import warnings
+            warnings.warn("the checkpoint's latent generator belongs to another device type; latents are "
+                          "reseeded, so this resume is not bit-exact", RuntimeWarning)
         self.skipped_steps = state["skipped_steps"]

@@ -94,9 +94,10 @@ class Trainer:
         self.D.to(self.device, memory_format=mf)
         self.G.channels_last = channels_last
         amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
-        gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1 + rank)
+        gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
-                              channels_last=channels_last, device=self.device, generator=gen)
+                              channels_last=channels_last, device=self.device, generator=gen, rank=rank,
+                              world_size=cfg.world_size)
         self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
                                   mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
@@ -191,7 +192,7 @@ class Trainer:
         status = "done"
         with _StopFlag() as stop:
             while self.cur_nimg < stop_nimg:
-                if stop.requested:
+                if self._agree(stop.requested):
                     status = "interrupted"
                     break
                 phase = self.schedule.at(self.cur_nimg / 1000.0)
@@ -235,6 +236,15 @@ class Trainer:
             status = "stopped"
             self.save_checkpoint()
         return status
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if any rank's flag is set (so all ranks stop at the same step)."""
+        if self.cfg.world_size == 1:
+            return flag
+        import torch.distributed as dist
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _tick_record(self, phase, sums, nsteps, dt) -> dict:
         nimg = self.cur_nimg - self.tick_start_nimg

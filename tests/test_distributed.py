@@ -1,0 +1,55 @@
+"""torchrun on CPU (gloo): N ranks x B == 1 rank x N*B, and resume with another world size."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+TINY = ["--fmap-base", "32", "--fmap-max", "8", "--latent-size", "8", "--stable-kimg", "0.032", "--fade-kimg",
+        "0.032", "--minibatch", "4:8,8:8,16:8,32:8", "--tick-kimg", "0.032", "--grid-size", "4", "--no-progress",
+        "--device", "cpu"]
+
+
+def _train(nproc, *args):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    r = subprocess.run([*launcher, "-m", "progan_fast.train", *TINY, *args], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _weights(run_dir):
+    ckpt = torch.load(run_dir / "checkpoint-latest.pt", weights_only=False)
+    return ckpt, {f"{n}.{k}": v for n in ("G", "D", "Gs") for k, v in ckpt["step"][n].items()}
+
+
+def _assert_close(a, b):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    d = tmp_path_factory.mktemp("single") / "run"
+    _train(1, "--run-dir", str(d), "--total-kimg", "0.096")
+    return d
+
+
+def test_two_ranks_match_one_rank_with_the_global_batch(single, tmp_path):
+    d = tmp_path / "ddp"
+    r = _train(2, "--run-dir", str(d), "--total-kimg", "0.096")
+    assert "x2 ranks" in r.stderr
+    ckpt2, w2 = _weights(d)
+    ckpt1, w1 = _weights(single)
+    assert ckpt2["cur_nimg"] == ckpt1["cur_nimg"] == 96
+    _assert_close(w2, w1)
+
+
+def test_resume_with_another_world_size(single, tmp_path):
+    d = tmp_path / "mixed"
+    _train(2, "--run-dir", str(d), "--total-kimg", "0.048")  # stops mid-fade
+    _train(1, "--resume", str(d), "--total-kimg", "0.096")
+    _, w_mixed = _weights(d)
+    _, w1 = _weights(single)
+    _assert_close(w_mixed, w1)
