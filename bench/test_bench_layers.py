@@ -21,7 +21,7 @@ import torch
 
 from progan_fast import ops
 
-from .conftest import BACKENDS, skip_unless_backend
+from .conftest import BACKENDS, order_cases, skip_unless_backend
 from .paper import nf
 from .roofline import conv_macs, op_bytes
 from .timing import run_case
@@ -59,9 +59,8 @@ def pytest_generate_tests(metafunc):
         for name, *_ in layer_specs(res, s, s.extra_variants):
             for mode in ("fwd", "fwdbwd"):
                 for backend in BACKENDS:
-                    if backend == "compile" and res not in s.compile_resolutions:
-                        continue
                     cases.append(pytest.param((name, res, mode, backend), id=f"{name}-r{res}-{mode}-{backend}"))
+    cases = order_cases(cases, s, lambda c: c.values[0][0], lambda c: c.values[0][1], lambda c: c.values[0][3])
     metafunc.parametrize("layer_case", cases)
 
 

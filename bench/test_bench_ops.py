@@ -17,7 +17,7 @@ import torch
 
 from progan_fast import ops
 
-from .conftest import BACKENDS, skip_unless_backend
+from .conftest import BACKENDS, order_cases, skip_unless_backend
 from .roofline import op_bytes
 from .timing import run_case
 
@@ -68,9 +68,8 @@ def pytest_generate_tests(metafunc):
                 continue
             for mode in ("fwd", "fwdbwd"):
                 for backend in BACKENDS:
-                    if backend == "compile" and res not in s.compile_resolutions:
-                        continue
                     cases.append(pytest.param((op, res, mode, backend), id=f"{op}-r{res}-{mode}-{backend}"))
+    cases = order_cases(cases, s, lambda c: c.values[0][0], lambda c: c.values[0][1], lambda c: c.values[0][3])
     metafunc.parametrize("op_case", cases)
 
 

@@ -48,6 +48,8 @@ def pytest_generate_tests(metafunc):
             if variant == "fast_graph" and res > s.graph_max_res:
                 continue
             cases.append(pytest.param((res, variant), id=f"r{res}-{variant}"))
+    # compiled steps take the longest to build: run them last, so a time-limited run keeps the rest
+    cases.sort(key=lambda c: c.values[0][1] == "compile_amp")
     metafunc.parametrize("step_case", cases)
 
 
