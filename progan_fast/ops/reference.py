@@ -15,6 +15,11 @@ import torch.nn.functional as F
 ACTIVATIONS = ("linear", "lrelu", "relu")
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Compute dtype: fp16/bf16 are upcast to fp32; fp32 and fp64 are kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
     return [-1 if i == dim else 1 for i in range(x.ndim)]
 
@@ -29,9 +34,9 @@ def _activate(x: torch.Tensor, act: str, slope: float) -> torch.Tensor:
 
 def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
     """act(x + b) * gain, with b broadcast along `dim`."""
-    y = x.float()
+    y = _up(x)
     if b is not None:
-        y = y + b.float().reshape(_broadcast_shape(x, dim))
+        y = y + _up(b).reshape(_broadcast_shape(x, dim))
     y = _activate(y, act, slope)
     if gain != 1.0:
         y = y * gain
@@ -40,16 +45,16 @@ def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
 
 def pixel_norm(x, *, eps=1e-8, dim=1):
     """x * rsqrt(mean(x^2 over `dim`) + eps)."""
-    y = x.float()
+    y = _up(x)
     y = y * torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps)
     return y.to(x.dtype)
 
 
 def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
     """G's conv epilogue: pixel_norm(act(x + b) * gain) over channels (dim 1)."""
-    y = x.float()
+    y = _up(x)
     if b is not None:
-        y = y + b.float().reshape(_broadcast_shape(x, 1))
+        y = y + _up(b).reshape(_broadcast_shape(x, 1))
     y = _activate(y, act, slope)
     if gain != 1.0:
         y = y * gain
@@ -64,7 +69,7 @@ def minibatch_stddev(x, *, group_size=4, eps=1e-8):
     """Append one channel: the mean stddev of strided groups (samples j, j+M, j+2M, ...)."""
     n, c, h, w = x.shape
     g = min(group_size, n)
-    y = x.float().reshape(g, -1, c, h, w)  # [G, M, C, H, W]: group m = samples m, m+M, ...
+    y = _up(x).reshape(g, -1, c, h, w)  # [G, M, C, H, W]: group m = samples m, m+M, ...
     y = y - y.mean(dim=0)
     y = (y.square().mean(dim=0) + eps).sqrt()  # biased variance, as the official code
     y = y.mean(dim=(1, 2, 3))  # [M]
@@ -79,14 +84,14 @@ def upsample2x(x):
 
 def downsample2x(x):
     """2x2 box filter (average pool), computed in fp32."""
-    return F.avg_pool2d(x.float(), 2).to(x.dtype)
+    return F.avg_pool2d(_up(x), 2).to(x.dtype)
 
 
 def _lerp(a, b, alpha):
     """a + (b - a) * alpha in fp32; alpha a float or a 0-d tensor."""
-    a32, b32 = a.float(), b.float()
+    a32, b32 = _up(a), _up(b)
     if isinstance(alpha, torch.Tensor):
-        alpha = alpha.float()
+        alpha = alpha.to(a32.dtype)
     return (a32 + (b32 - a32) * alpha).to(a.dtype)
 
 

@@ -1,0 +1,156 @@
+"""PGGAN generator and discriminator (G_paper / D_paper of the official code, DESIGN §2).
+
+Both compute at the current native resolution 2**res_log2 (not the official full-resolution
+recursion): G runs its blocks up to res_log2 and emits images of that size; D takes images of that
+size. `alpha` in [0, 1] is the fade-in weight of the newest block (1 = fully faded in); it may be a
+Python float or a 0-d tensor (a tensor always takes the blend path, so shapes and graphs stay static
+through a fade).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import ops
+from .nn import SQRT2, BiasAct, EqualizedConv2d, EqualizedLinear, MinibatchStdDev
+
+
+def nf(stage: int, fmap_base: int = 8192, fmap_decay: float = 1.0, fmap_max: int = 512) -> int:
+    """Feature maps of a stage; the block at resolution 2**r uses nf(r - 1)."""
+    return min(int(fmap_base / (2.0 ** (stage * fmap_decay))), fmap_max)
+
+
+def resolution_log2(resolution: int) -> int:
+    r = int(round(math.log2(resolution))) if resolution > 0 else -1
+    if resolution < 4 or 2 ** r != resolution:
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    return r
+
+
+def _fading(alpha) -> bool:
+    return isinstance(alpha, torch.Tensor) or alpha < 1.0
+
+
+class _Arch(nn.Module):
+    def __init__(self, resolution, num_channels, fmap_base, fmap_decay, fmap_max):
+        super().__init__()
+        if num_channels < 1:
+            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+        self.resolution = resolution
+        self.resolution_log2 = resolution_log2(resolution)
+        self.num_channels = num_channels
+        self.fmap_base, self.fmap_decay, self.fmap_max = fmap_base, fmap_decay, fmap_max
+
+    def nf(self, stage: int) -> int:
+        return nf(stage, self.fmap_base, self.fmap_decay, self.fmap_max)
+
+    def _check_res(self, res_log2: int) -> None:
+        if not 2 <= res_log2 <= self.resolution_log2:
+            raise ValueError(f"res_log2 must lie in [2, {self.resolution_log2}], got {res_log2}")
+
+
+class Generator(_Arch):
+    """z [N, latent] -> images [N, C, 2**res_log2, 2**res_log2] (linear output, data in [-1, 1])."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, *, fmap_base: int = 8192,
+                 fmap_decay: float = 1.0, fmap_max: int = 512, latent_size: int | None = None,
+                 normalize_latents: bool = True, use_pixelnorm: bool = True, pixelnorm_eps: float = 1e-8,
+                 fused_scale: bool = False):
+        super().__init__(resolution, num_channels, fmap_base, fmap_decay, fmap_max)
+        self.latent_size = latent_size or self.nf(0)
+        self.normalize_latents, self.pixelnorm_eps = normalize_latents, pixelnorm_eps
+        self.channels_last = False
+        pn = dict(pixel_norm=use_pixelnorm, eps=pixelnorm_eps)
+        c4 = self.nf(1)
+        # 4x4: dense (gain sqrt(2)/4, as the official code), reshape to [N, c4, 4, 4], bias+lrelu+PN, conv.
+        self.dense = EqualizedLinear(self.latent_size, c4 * 16, gain=SQRT2 / 4, bias=False)
+        self.dense_act = BiasAct(c4, **pn)
+        self.conv4 = EqualizedConv2d(c4, c4, 3, **pn)
+        self.blocks = nn.ModuleDict()
+        for r in range(3, self.resolution_log2 + 1):
+            cin, cout = self.nf(r - 2), self.nf(r - 1)
+            self.blocks[str(2 ** r)] = nn.Sequential(
+                EqualizedConv2d(cin, cout, 3, up=True, fused_scale=fused_scale, **pn),
+                EqualizedConv2d(cout, cout, 3, **pn))
+        self.torgb = nn.ModuleDict({str(2 ** r): EqualizedConv2d(self.nf(r - 1), num_channels, 1, gain=1.0,
+                                                                 act="linear")
+                                    for r in range(2, self.resolution_log2 + 1)})
+
+    def forward(self, z: torch.Tensor, res_log2: int | None = None, alpha: float | torch.Tensor = 1.0):
+        res_log2 = self.resolution_log2 if res_log2 is None else res_log2
+        self._check_res(res_log2)
+        if z.ndim != 2 or z.shape[1] != self.latent_size:
+            raise ValueError(f"Generator: z must be [N, {self.latent_size}], got {tuple(z.shape)}")
+        if self.normalize_latents:
+            z = ops.pixel_norm(z, eps=self.pixelnorm_eps)
+        x = self.dense(z).reshape(z.shape[0], -1, 4, 4)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.conv4(self.dense_act(x))
+        prev = x
+        for r in range(3, res_log2 + 1):
+            prev = x
+            x = self.blocks[str(2 ** r)](x)
+        img = self.torgb[str(2 ** res_log2)](x)
+        if res_log2 > 2 and _fading(alpha):
+            img = ops.upsample_blend(img, self.torgb[str(2 ** (res_log2 - 1))](prev), alpha)
+        return img
+
+
+class Discriminator(_Arch):
+    """images [N, C, 2**res_log2, 2**res_log2] -> scores [N, 1] (WGAN critic, linear output)."""
+
+    def __init__(self, resolution: int = 1024, num_channels: int = 3, *, fmap_base: int = 8192,
+                 fmap_decay: float = 1.0, fmap_max: int = 512, mbstd_group_size: int = 4,
+                 fused_scale: bool = False):
+        super().__init__(resolution, num_channels, fmap_base, fmap_decay, fmap_max)
+        self.mbstd_group_size = mbstd_group_size
+        self.fromrgb = nn.ModuleDict({str(2 ** r): EqualizedConv2d(num_channels, self.nf(r - 1), 1)
+                                      for r in range(2, self.resolution_log2 + 1)})
+        self.blocks = nn.ModuleDict()
+        for r in range(self.resolution_log2, 2, -1):
+            c = self.nf(r - 1)
+            self.blocks[str(2 ** r)] = nn.Sequential(
+                EqualizedConv2d(c, c, 3),
+                EqualizedConv2d(c, self.nf(r - 2), 3, down=True, fused_scale=fused_scale))
+        c4 = self.nf(1)
+        self.mbstd = MinibatchStdDev(mbstd_group_size) if mbstd_group_size > 1 else None
+        self.conv4 = EqualizedConv2d(c4 + (1 if self.mbstd else 0), c4, 3)
+        self.dense0 = EqualizedLinear(c4 * 16, self.nf(0), act="lrelu")
+        self.dense1 = EqualizedLinear(self.nf(0), 1, gain=1.0)
+
+    def forward(self, img: torch.Tensor, res_log2: int | None = None, alpha: float | torch.Tensor = 1.0):
+        res_log2 = self.resolution_log2 if res_log2 is None else res_log2
+        self._check_res(res_log2)
+        size = 2 ** res_log2
+        if img.ndim != 4 or tuple(img.shape[1:]) != (self.num_channels, size, size):
+            raise ValueError(f"Discriminator: expected images [N, {self.num_channels}, {size}, {size}] at "
+                             f"res_log2={res_log2}, got {tuple(img.shape)}")
+        x = self.fromrgb[str(size)](img)
+        if res_log2 > 2:
+            x = self.blocks[str(size)](x)
+            if _fading(alpha):
+                old = self.fromrgb[str(size // 2)](ops.downsample2x(img))
+                x = ops.lerp(old, x, alpha)
+            for r in range(res_log2 - 1, 2, -1):
+                x = self.blocks[str(2 ** r)](x)
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        x = self.conv4(x)
+        x = self.dense0(x.flatten(1))
+        return self.dense1(x)
+
+
+def count_parameters(module: nn.Module, res_log2: int | None = None) -> int:
+    """Parameters of the network as grown to res_log2 (all toRGB/fromRGB layers up to it included)."""
+    if res_log2 is None:
+        return sum(p.numel() for p in module.parameters())
+    total = 0
+    for name, p in module.named_parameters():
+        parts = name.split(".")
+        if parts[0] in ("blocks", "torgb", "fromrgb") and int(parts[1]) > 2 ** res_log2:
+            continue
+        total += p.numel()
+    return total

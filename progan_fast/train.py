@@ -1,0 +1,192 @@
+"""python -m progan_fast.train — train a PGGAN (DESIGN §2) on FashionMNIST or your own images.
+
+With no arguments it trains on FashionMNIST (the full 60k split when Debian's dataset-fashion-mnist is
+installed, else the 10k split bundled in the package), 28x28 padded to 32x32: the paper's networks and
+schedule on a GPU, a narrow 15-minute preset on a CPU. Ctrl-C saves a checkpoint; --resume continues
+exactly where it stopped, mid-fade included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .training.checkpoint import LATEST, load_checkpoint
+from .training.config import PRESETS, TrainConfig, check_resume_compatible, parse_res_dict
+
+EPILOG = """examples:
+  python -m progan_fast.train --amp                     # FashionMNIST, preset picked for this machine
+  python -m progan_fast.train --data imgs/ --resolution 128 --mirror --amp
+  python -m progan_fast.train --resume runs/00000-fashion-mnist-32
+  torchrun --nproc_per_node=8 -m progan_fast.train --data imgs/ --amp     (multi-GPU: see README)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS  # defaults live in TrainConfig; SUPPRESS tells us what the user really gave
+    p = argparse.ArgumentParser(prog="python -m progan_fast.train", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a folder of images, a .npy/.npz "
+                                  "array (uint8, key 'images'), or a folder of MNIST-style IDX files")
+    d.add_argument("--resolution", type=int, help="training resolution (power of two); default: the data's")
+    d.add_argument("--mirror", action="store_true", help="mirror augment: horizontal flips with p=0.5")
+    m = p.add_argument_group("networks")
+    m.add_argument("--preset", choices=["auto", "paper", "cpu"],
+                   help="'paper': official networks and 600+600 kimg schedule; 'cpu': narrow, ~15 min to 32px "
+                        "on 2 cores; 'auto' (default): paper on CUDA, cpu otherwise")
+    m.add_argument("--fmap-base", type=int, help="feature maps: nf(s) = min(fmap_base / 2**s, fmap_max)")
+    m.add_argument("--fmap-max", type=int)
+    m.add_argument("--latent-size", type=int, help="default: nf(0)")
+    m.add_argument("--fused-scale", action="store_true", help="official strided 4x4 form of up/down convs")
+    t = p.add_argument_group("schedule and optimization")
+    t.add_argument("--stable-kimg", type=float, help="kimg at each resolution before its successor fades in")
+    t.add_argument("--fade-kimg", type=float, help="kimg of each fade-in")
+    t.add_argument("--total-kimg", type=float, help="default: through the last fade + one stable phase")
+    t.add_argument("--minibatch", help="global minibatch per resolution, e.g. '4:128,8:128,16:128,32:64'")
+    t.add_argument("--lr", dest="lrate_base", type=float, help="Adam learning rate (default 0.001)")
+    t.add_argument("--lrate", help="per-resolution learning rates, e.g. '1024:0.0015'")
+    t.add_argument("--ema-beta", type=float, help="Gs = lerp(G, Gs, beta) after every step (default 0.999)")
+    t.add_argument("--seed", type=int, help="seed for weights, latents and data order (default 0)")
+    x = p.add_argument_group("precision and hardware")
+    x.add_argument("--amp", action="store_true", help="mixed precision (autocast; bf16 unless --amp-dtype fp16)")
+    x.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="fp16 adds dynamic loss scaling (CUDA only)")
+    x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
+    x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"], help="operator backend (default auto)")
+    o = p.add_argument_group("output")
+    o.add_argument("--outdir", default="runs", help="runs are created here as NNNNN-<data>-<res> (default runs/)")
+    o.add_argument("--run-dir", help="exact run directory (must not already hold a run)")
+    o.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    o.add_argument("--tick-kimg", type=float, help="log, sample grid and checkpoint every this many kimg")
+    o.add_argument("--snapshot-ticks", type=int, help="keep a numbered snapshot every N ticks (default 10)")
+    o.add_argument("--grid-size", type=int, help="images in each sample grid (default 64)")
+    o.add_argument("--tensorboard", action="store_true", help="also log scalars to RUN_DIR/tb")
+    o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def _fail(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    return dev
+
+
+def _given_to_config(args: dict) -> dict:
+    given = {k: v for k, v in args.items() if k not in ("outdir", "run_dir", "resume", "progress")}
+    if "minibatch" in given:
+        given["minibatch"] = parse_res_dict(given["minibatch"], int)
+    if "lrate" in given:
+        given["lrate"] = parse_res_dict(given["lrate"], float)
+    return given
+
+
+def resolve_config(given: dict, device: torch.device) -> TrainConfig:
+    """Defaults <- preset <- explicit options."""
+    preset = given.get("preset", "auto")
+    if preset == "auto":
+        preset = "paper" if device.type == "cuda" else "cpu"
+    cfg = TrainConfig.from_json({**TrainConfig().to_json(), **PRESETS[preset], "preset": preset})
+    for k, v in given.items():
+        if k != "preset":
+            setattr(cfg, k, v)
+    if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
+        raise ValueError("--amp-dtype fp16 needs a CUDA device (dynamic loss scaling on GPU); use --amp-dtype bf16 on CPU")
+    cfg.device = str(device)
+    cfg.validate()
+    return cfg
+
+
+def load_dataset(cfg: TrainConfig):
+    from .data import MultiResolutionDataset, load_fashion_mnist, load_images
+    if cfg.data in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        images, labels, desc = load_fashion_mnist("auto")
+    else:
+        images, labels = load_images(cfg.data)[:2]
+        desc = str(cfg.data)
+    dataset = MultiResolutionDataset(images, labels)
+    if cfg.resolution is None:
+        cfg.resolution = dataset.resolution
+    elif cfg.resolution > dataset.resolution:
+        raise ValueError(f"--resolution {cfg.resolution} exceeds the dataset's resolution {dataset.resolution}; "
+                         f"use --resolution {dataset.resolution} or a larger dataset")
+    cfg.num_channels = dataset.num_channels
+    return dataset, desc
+
+
+def new_run_dir(outdir: str, name: str) -> Path:
+    root = Path(outdir)
+    root.mkdir(parents=True, exist_ok=True)
+    ids = [int(m.group(1)) for p in root.iterdir() if (m := re.match(r"^(\d+)-", p.name))]
+    run = root / f"{max(ids, default=-1) + 1:05d}-{name}"
+    run.mkdir()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        return _main(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, TypeError) as exc:
+        _fail(str(exc))
+
+
+def _main(args: dict) -> int:
+    from .training.trainer import Trainer
+    given = _given_to_config(args)
+    ckpt = None
+    if "resume" in args:
+        run_dir = Path(args["resume"])
+        if not (run_dir / LATEST).is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no {LATEST} there (is it a progan_fast run directory?)")
+        ckpt = load_checkpoint(run_dir)
+        saved = TrainConfig.from_json(ckpt["config"])
+        check_resume_compatible(saved, {k: v for k, v in given.items() if k not in ("device", "backend", "preset",
+                                                                                  "tensorboard", "tick_kimg")})
+        device = _pick_device(given.get("device", "auto"))
+        cfg = saved
+        for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+            if k in given:
+                setattr(cfg, k, given[k])
+        if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
+            raise ValueError("this run uses fp16 mixed precision, which needs a CUDA device to resume")
+        cfg.device = str(device)
+    else:
+        device = _pick_device(given.get("device", "auto"))
+        cfg = resolve_config(given, device)
+    dataset, desc = load_dataset(cfg)
+    if ckpt is None:
+        if "run_dir" in args:
+            run_dir = Path(args["run_dir"])
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise ValueError(f"--run-dir {run_dir} is not empty; use --resume {run_dir} to continue it")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            name = "fashion-mnist" if cfg.data.startswith("f") and not os.path.exists(cfg.data) else Path(cfg.data).stem
+            run_dir = new_run_dir(args.get("outdir", "runs"), f"{name}-{cfg.resolution}")
+        with open(run_dir / "config.json", "w") as f:
+            json.dump({**cfg.to_json(), "dataset_description": desc}, f, indent=2)
+    trainer = Trainer(cfg, dataset, run_dir, device=device, progress=args.get("progress", True))
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+    print(f"progan_fast: {desc}; {cfg.resolution}px x{cfg.num_channels}; preset {cfg.preset}; device {device}; "
+          f"amp {cfg.amp_dtype if cfg.amp else 'off'}; run dir {run_dir}", file=sys.stderr)
+    status = trainer.run()
+    print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.3f} kimg; outputs in {run_dir}", file=sys.stderr)
+    return 130 if status == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

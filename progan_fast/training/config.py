@@ -1,0 +1,130 @@
+"""Training configuration: presets, parsing of per-resolution dicts, validation, resume checks."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+from .schedule import PAPER_LRATE, PAPER_MINIBATCH
+
+# Keys that define the run; a resumed run must agree on all of them.
+IDENTITY_KEYS = ("data", "resolution", "num_channels", "fmap_base", "fmap_decay", "fmap_max", "latent_size",
+                 "fused_scale", "mbstd_group_size", "stable_kimg", "fade_kimg", "minibatch", "lrate",
+                 "lrate_base", "amp", "amp_dtype", "mirror", "seed", "world_size", "ema_beta", "initial_resolution")
+
+PRESETS = {
+    # The paper's networks and schedule (official G_paper / D_paper, 600 + 600 kimg per resolution).
+    "paper": dict(fmap_base=8192, fmap_max=512, latent_size=None, stable_kimg=600.0, fade_kimg=600.0,
+                  minibatch=None, tick_kimg=20.0, grid_size=64),
+    # Narrow networks and a short schedule so a 2-core CPU takes FashionMNIST 4 -> 32 px in ~15 min.
+    "cpu": dict(fmap_base=512, fmap_max=64, latent_size=64, stable_kimg=12.0, fade_kimg=12.0,
+                minibatch={4: 32, 8: 32, 16: 32, 32: 32}, tick_kimg=4.0, grid_size=64),
+}
+
+
+@dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"
+    resolution: int | None = None  # None: the dataset's
+    num_channels: int | None = None  # filled from the dataset
+    preset: str = "auto"
+    fmap_base: int = 8192
+    fmap_decay: float = 1.0
+    fmap_max: int = 512
+    latent_size: int | None = None
+    fused_scale: bool = False
+    mbstd_group_size: int = 4
+    initial_resolution: int = 4
+    stable_kimg: float = 600.0
+    fade_kimg: float = 600.0
+    total_kimg: float | None = None  # None: through the last fade plus one stable phase
+    minibatch: dict | None = None  # resolution -> global minibatch; None: the paper's
+    lrate: dict | None = None
+    lrate_base: float = 0.001
+    ema_beta: float = 0.999
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    mirror: bool = False
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"
+    channels_last: bool | None = None  # None: on for CUDA
+    tick_kimg: float = 20.0
+    snapshot_ticks: int = 10
+    grid_size: int = 64
+    tensorboard: bool = False
+    world_size: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("minibatch", "lrate"):
+            if d[key] is not None:
+                d[key] = {str(k): v for k, v in d[key].items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        for key in ("minibatch", "lrate"):
+            if d.get(key) is not None:
+                d[key] = {int(k): v for k, v in d[key].items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def identity(self) -> dict:
+        d = self.to_json()
+        return {k: d[k] for k in IDENTITY_KEYS}
+
+    def effective_minibatch(self) -> dict:
+        return self.minibatch or PAPER_MINIBATCH
+
+    def effective_lrate(self) -> dict:
+        return self.lrate if self.lrate is not None else PAPER_LRATE
+
+    def validate(self) -> None:
+        if self.resolution is not None:
+            r = math.log2(self.resolution) if self.resolution > 0 else -1
+            if self.resolution < 4 or r != int(r):
+                raise ValueError(f"--resolution must be a power of two >= 4, got {self.resolution}")
+        if self.amp_dtype not in ("bf16", "fp16"):
+            raise ValueError(f"--amp-dtype must be bf16 or fp16, got {self.amp_dtype!r}")
+        for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lrate_base"):
+            if getattr(self, name) < 0 or (name in ("tick_kimg", "lrate_base") and getattr(self, name) == 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.total_kimg is not None and self.total_kimg <= 0:
+            raise ValueError(f"--total-kimg must be positive, got {self.total_kimg}")
+        if not 0.0 <= self.ema_beta < 1.0:
+            raise ValueError(f"--ema-beta must lie in [0, 1), got {self.ema_beta}")
+        for res, mb in (self.minibatch or {}).items():
+            if mb < 1:
+                raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
+        if self.backend not in ("auto", "ref", "triton", "cuda"):
+            raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
+        if self.fmap_base < 1 or self.fmap_max < 1:
+            raise ValueError("--fmap-base and --fmap-max must be >= 1")
+
+
+def parse_res_dict(text: str, cast=int) -> dict:
+    """'4:128,8:64' -> {4: 128, 8: 64}."""
+    out = {}
+    try:
+        for item in text.split(","):
+            if item.strip():
+                k, v = item.split(":")
+                out[int(k)] = cast(v)
+    except ValueError:
+        raise ValueError(f"expected RES:VALUE[,RES:VALUE...] like '4:128,8:64', got {text!r}") from None
+    return out
+
+
+def check_resume_compatible(saved: TrainConfig, given: dict) -> None:
+    """Refuse to resume when an explicitly given option contradicts the saved run."""
+    saved_d = saved.to_json()
+    current = TrainConfig.from_json({**saved_d, **given}).to_json()
+    diffs = [f"{k}: run has {json.dumps(saved_d[k])}, asked for {json.dumps(current[k])}"
+             for k in IDENTITY_KEYS if saved_d[k] != current[k]]
+    if diffs:
+        raise ValueError("cannot resume a run with a different configuration (" + "; ".join(diffs) +
+                         "); drop those options or start a new run")

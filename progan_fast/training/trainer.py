@@ -1,0 +1,246 @@
+"""The training loop: schedule -> data -> TrainStep, with ticks (log, grids, checkpoints) and exact resume.
+
+Everything random in training draws from seeded generators that are checkpointed (the step's
+latent/mix generator and the data stream's state), so a resumed run continues bit-for-bit where an
+uninterrupted one would be. Only rank 0 writes files; DDP (torchrun) slots in through
+`world_size`/`rank` (global minibatch split across ranks, per-rank seeds).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import ops
+from ..data import BatchStream, MultiResolutionDataset
+from ..models import Discriminator, Generator
+from ..utils.images import grid, save_png, to_uint8_nhwc
+from .checkpoint import FORMAT_VERSION, LATEST, save_atomic
+from .config import TrainConfig
+from .schedule import Schedule
+from .step import AMP_DTYPES, TrainStep, unwrap
+
+
+def build_models(cfg: TrainConfig):
+    common = dict(fmap_base=cfg.fmap_base, fmap_decay=cfg.fmap_decay, fmap_max=cfg.fmap_max,
+                  fused_scale=cfg.fused_scale)
+    G = Generator(cfg.resolution, cfg.num_channels, latent_size=cfg.latent_size, **common)
+    D = Discriminator(cfg.resolution, cfg.num_channels, mbstd_group_size=cfg.mbstd_group_size, **common)
+    return G, D
+
+
+def build_schedule(cfg: TrainConfig) -> Schedule:
+    return Schedule(resolution=cfg.resolution, initial_resolution=cfg.initial_resolution,
+                    stable_kimg=cfg.stable_kimg, fade_kimg=cfg.fade_kimg, minibatch=cfg.effective_minibatch(),
+                    lrate=cfg.effective_lrate(), lrate_base=cfg.lrate_base, world_size=cfg.world_size)
+
+
+def total_kimg(cfg: TrainConfig) -> float:
+    if cfg.total_kimg is not None:
+        return cfg.total_kimg
+    return build_schedule(cfg).total_kimg_to_full() + cfg.stable_kimg
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between steps (so the saved state is consistent);
+    a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dataset: MultiResolutionDataset, run_dir: str | os.PathLike, *,
+                 rank: int = 0, device: torch.device | None = None, progress: bool = True, log=None):
+        self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
+        self.rank, self.is_main = rank, rank == 0
+        self.device = device or torch.device("cpu")
+        self.log = (log or _stderr) if self.is_main else (lambda *a, **k: None)
+        self.progress = progress and self.is_main
+        ops.set_backend(cfg.backend)
+        torch.manual_seed(cfg.seed)  # initial weights: identical on every rank
+        self.G, self.D = build_models(cfg)
+        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        mf = torch.channels_last if channels_last else torch.contiguous_format
+        self.G.to(self.device, memory_format=mf)
+        self.D.to(self.device, memory_format=mf)
+        self.G.channels_last = channels_last
+        amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
+        gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1 + rank)
+        self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
+                              channels_last=channels_last, device=self.device, generator=gen)
+        self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
+                                  mirror=cfg.mirror, device=self.device)
+        self.schedule = build_schedule(cfg)
+        self.total_nimg = int(round(total_kimg(cfg) * 1000))
+        self.cur_nimg = 0
+        self.tick = 0
+        self.tick_start_nimg = 0
+        self.lod_bounds = None
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        g = torch.Generator().manual_seed(cfg.seed + 12345)
+        self.grid_latents = torch.randn(cfg.grid_size, self.G.latent_size, generator=g)
+        self._tb = None
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"format": "progan_fast", "format_version": FORMAT_VERSION, "config": self.cfg.to_json(),
+                "step": self.step.state_dict(), "stream": self.stream.state_dict(), "cur_nimg": self.cur_nimg,
+                "tick": self.tick, "tick_start_nimg": self.tick_start_nimg,
+                "lod_bounds": self.lod_bounds, "elapsed": self.elapsed,
+                "phase": self._phase_info(self.schedule.at(self.cur_nimg / 1000.0))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step.load_state_dict(state["step"])
+        self.stream.load_state_dict(state["stream"])
+        self.cur_nimg, self.tick = state["cur_nimg"], state["tick"]
+        self.tick_start_nimg = state["tick_start_nimg"]
+        self.lod_bounds = tuple(state["lod_bounds"]) if state["lod_bounds"] is not None else None
+        self.elapsed = state["elapsed"]
+
+    @staticmethod
+    def _phase_info(phase) -> dict:
+        return {"lod": phase.lod, "res_log2": phase.res_log2, "alpha": phase.alpha, "minibatch": phase.minibatch}
+
+    def save_checkpoint(self, snapshot: bool = False) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        save_atomic(state, self.run_dir / LATEST)
+        if snapshot:
+            save_atomic(state, self.run_dir / f"network-snapshot-{self.cur_nimg // 1000:06d}.pt")
+
+    # -- outputs -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def save_grid(self, phase) -> None:
+        if not self.is_main:
+            return
+        z = self.grid_latents.to(self.device)
+        imgs = torch.cat([self.step.Gs(z[i:i + 64], phase.res_log2, phase.alpha) for i in range(0, len(z), 64)])
+        mosaic = grid(to_uint8_nhwc(imgs), size=self.cfg.resolution)
+        save_png(mosaic, self.run_dir / f"fakes{self.cur_nimg // 1000:06d}.png")
+
+    def save_reals_grid(self) -> None:
+        if self.is_main and not (self.run_dir / "reals.png").exists():
+            imgs = self.dataset.level(self.cfg.resolution)[: self.cfg.grid_size]
+            save_png(grid(imgs.permute(0, 2, 3, 1).numpy()), self.run_dir / "reals.png")
+
+    def _log_tick(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.cfg.tensorboard:
+            if self._tb is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                except ImportError:
+                    self.log("tensorboard is not installed; `pip install tensorboard` to log scalars there")
+                    self.cfg.tensorboard = False
+                    return
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "kimg":
+                    self._tb.add_scalar(k, v, global_step=int(record["kimg"] * 1000))
+            self._tb.flush()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, stop_at_nimg: int | None = None) -> str:
+        """Train until total_kimg (or `stop_at_nimg`, for tests). Returns 'done', 'stopped' or 'interrupted'."""
+        cfg = self.cfg
+        self.save_reals_grid()
+        stop_nimg = self.total_nimg if stop_at_nimg is None else min(stop_at_nimg, self.total_nimg)
+        tick_nimg = int(cfg.tick_kimg * 1000)
+        sums: dict[str, torch.Tensor] = {}
+        nsteps = 0
+        t_tick = time.time()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=round(self.total_nimg / 1000, 1), initial=round(self.cur_nimg / 1000, 1), unit="kimg",
+                       dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+        status = "done"
+        with _StopFlag() as stop:
+            while self.cur_nimg < stop_nimg:
+                if stop.requested:
+                    status = "interrupted"
+                    break
+                phase = self.schedule.at(self.cur_nimg / 1000.0)
+                if phase.lod_bounds != self.lod_bounds:
+                    if self.lod_bounds is not None:
+                        self.step.reset_optimizers()
+                    self.lod_bounds = phase.lod_bounds
+                self.step.set_lr(phase.lrate)
+                reals, _ = self.stream.next_batch(phase.resolution, phase.minibatch // cfg.world_size)
+                if phase.alpha < 1.0:
+                    reals = ops.fade_reals(reals, phase.alpha)
+                t0 = time.time()
+                stats = self.step(reals, phase.res_log2, phase.alpha)
+                self.elapsed += time.time() - t0
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0) + v
+                nsteps += 1
+                self.cur_nimg += phase.minibatch
+                if bar is not None:
+                    bar.update(phase.minibatch / 1000)
+                done = self.cur_nimg >= stop_nimg
+                if self.cur_nimg >= self.tick_start_nimg + tick_nimg or done:
+                    dt = time.time() - t_tick
+                    record = self._tick_record(phase, sums, nsteps, dt)
+                    if bar is not None:
+                        bar.set_postfix_str(f"lod {phase.lod:.2f} {phase.resolution}px {record['img_per_s']:.0f} img/s "
+                                            f"D {record['d_loss']:.3f} G {record['g_loss']:.3f}", refresh=False)
+                    self._log_tick(record)
+                    self.tick += 1
+                    self.tick_start_nimg = self.cur_nimg
+                    self.save_grid(phase)
+                    self.save_checkpoint(snapshot=self.tick % cfg.snapshot_ticks == 0 or self.cur_nimg >= self.total_nimg)
+                    sums, nsteps, t_tick = {}, 0, time.time()
+        if bar is not None:
+            bar.close()
+        if status == "interrupted":
+            self.save_checkpoint()
+            self.log(f"interrupted at {self.cur_nimg / 1000:.3f} kimg; checkpoint saved. Resume with "
+                     f"`python -m progan_fast.train --resume {self.run_dir}`")
+        elif self.cur_nimg < self.total_nimg:
+            status = "stopped"
+            self.save_checkpoint()
+        return status
+
+    def _tick_record(self, phase, sums, nsteps, dt) -> dict:
+        nimg = self.cur_nimg - self.tick_start_nimg
+        means = {k: float(v) / max(nsteps, 1) for k, v in sums.items()}
+        return {"tick": self.tick, "kimg": round(self.cur_nimg / 1000, 3), "lod": round(phase.lod, 4),
+                "resolution": phase.resolution, "alpha": round(phase.alpha, 4), "minibatch": phase.minibatch,
+                "lr": phase.lrate, "img_per_s": nimg / max(dt, 1e-9), "sec_per_kimg": dt / max(nimg / 1000, 1e-9),
+                "skipped_steps": self.step.skipped_steps, "time_s": round(self.elapsed, 2),
+                **{k: round(v, 5) for k, v in means.items()}}

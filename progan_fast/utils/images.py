@@ -1,0 +1,34 @@
+"""Image grids and conversions (uint8 NHWC for files, [-1, 1] NCHW for the networks)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float NCHW -> uint8 NHWC (rounded, clipped)."""
+    x = (images.detach().float().cpu() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid(images: np.ndarray, ncols: int | None = None, size: int | None = None) -> np.ndarray:
+    """uint8 NHWC -> one uint8 HWC mosaic; images are nearest-upscaled to `size` if given."""
+    n, h, w, c = images.shape
+    if size and size != h:
+        f = size // h
+        images = images.repeat(f, axis=1).repeat(f, axis=2)
+        n, h, w, c = images.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    out = np.zeros((nrows * h, ncols * w, c), dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncols)
+        out[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    return out
+
+
+def save_png(mosaic: np.ndarray, path) -> None:
+    Image.fromarray(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic).save(path)

@@ -1,0 +1,154 @@
+"""The reference operators against independent, loop-level formulations of DESIGN §2, plus the
+public API's validation and dispatch."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from progan_fast import ops
+from progan_fast.ops import reference as R
+
+
+def _mbstd_loop(x, group_size=4, eps=1e-8):
+    """Straight from the official definition, one group at a time."""
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    m = n // g
+    out = torch.empty(n, 1, h, w, dtype=torch.float64)
+    for j in range(m):
+        members = x[j::m].double()  # strided group: samples j, j+M, j+2M, ...
+        assert members.shape[0] == g
+        var = ((members - members.mean(0)) ** 2).mean(0)
+        s = (var + eps).sqrt().mean()
+        out[j::m] = s
+    return torch.cat([x.double(), out], 1)
+
+
+@pytest.mark.parametrize("n,group", [(8, 4), (4, 4), (6, 3), (2, 4), (12, 4), (1, 4)])
+def test_minibatch_stddev_matches_loop(n, group):
+    x = torch.randn(n, 5, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(R.minibatch_stddev(x, group_size=group), _mbstd_loop(x, group))
+
+
+def test_minibatch_stddev_groups_are_strided_not_contiguous():
+    x = torch.randn(8, 3, 2, 2, dtype=torch.float64)
+    x[0:4] += 10 * torch.arange(4, dtype=torch.float64).view(4, 1, 1, 1)  # contiguous block spread out
+    y = R.minibatch_stddev(x)[:, -1, 0, 0]
+    # strided groups {0,2,4,6} and {1,3,5,7} both contain spread-out samples -> large stddev in both
+    assert y[0] == y[2] == y[4] == y[6] and y[1] == y[3] == y[5] == y[7]
+    assert y[0] > 3 and y[1] > 3
+
+
+def test_minibatch_stddev_rejects_indivisible_batch():
+    with pytest.raises(ValueError, match="not divisible by the group size 4"):
+        ops.minibatch_stddev(torch.randn(6, 3, 4, 4))
+
+
+def test_pixel_norm_formula():
+    x = torch.randn(3, 7, 5, 4, dtype=torch.float64)
+    expected = x / torch.sqrt((x ** 2).mean(1, keepdim=True) + 1e-8)
+    torch.testing.assert_close(ops.pixel_norm(x), expected)
+    z = torch.randn(5, 9, dtype=torch.float64)
+    torch.testing.assert_close(ops.pixel_norm(z), z / torch.sqrt((z ** 2).mean(1, keepdim=True) + 1e-8))
+
+
+@pytest.mark.parametrize("act", ["lrelu", "linear", "relu"])
+@pytest.mark.parametrize("dim", [1, 0, 3, -1])
+def test_bias_act_formula(act, dim):
+    x = torch.randn(4, 6, 5, 3, dtype=torch.float64)
+    b = torch.randn(x.shape[dim], dtype=torch.float64)
+    shape = [1] * 4
+    shape[dim] = -1
+    y = x + b.view(shape)
+    y = {"lrelu": torch.where(y > 0, y, 0.2 * y), "linear": y, "relu": y.clamp_min(0)}[act] * 1.7
+    torch.testing.assert_close(ops.bias_act(x, b, act=act, gain=1.7, dim=dim), y)
+
+
+def test_fade_ops_formulas():
+    hi = torch.randn(2, 3, 8, 6, dtype=torch.float64)
+    lo = torch.randn(2, 3, 4, 3, dtype=torch.float64)
+    up = lo[:, :, :, None, :, None].expand(2, 3, 4, 2, 3, 2).reshape(2, 3, 8, 6)
+    torch.testing.assert_close(ops.upsample_blend(hi, lo, 0.3), 0.3 * hi + 0.7 * up)
+    down = hi.reshape(2, 3, 4, 2, 3, 2).mean((3, 5))
+    up_down = down[:, :, :, None, :, None].expand(2, 3, 4, 2, 3, 2).reshape(2, 3, 8, 6)
+    torch.testing.assert_close(ops.fade_reals(hi, 0.25), 0.25 * hi + 0.75 * up_down)
+    torch.testing.assert_close(ops.fade_reals(hi, torch.tensor(0.25, dtype=torch.float64)), 0.25 * hi + 0.75 * up_down)
+    torch.testing.assert_close(ops.downsample2x(hi), down)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+@pytest.mark.parametrize("mode", ["plain", "up", "down"])
+def test_eq_conv2d_matches_composition(k, mode):
+    if k == 4 and mode != "plain":
+        pytest.skip("PGGAN resamples only with 3x3 kernels")
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    w = torch.randn(7, 5, k, k, dtype=torch.float64)
+    b = torch.randn(7, dtype=torch.float64)
+    scale = math.sqrt(2) / math.sqrt(5 * k * k)
+    xin = x.repeat_interleave(2, 2).repeat_interleave(2, 3) if mode == "up" else x
+    y = F.conv2d(xin, w * scale, padding=k // 2 if k % 2 else 0)
+    if mode == "down":
+        y = F.avg_pool2d(y, 2)
+    y = F.leaky_relu(y + b.view(1, -1, 1, 1), 0.2)
+    got = ops.eq_conv2d(x, w, b, up=mode == "up", down=mode == "down")
+    torch.testing.assert_close(got, y)
+    pn = y / torch.sqrt((y ** 2).mean(1, keepdim=True) + 1e-8)
+    torch.testing.assert_close(ops.eq_conv2d(x, w, b, up=mode == "up", down=mode == "down", pixel_norm=True), pn)
+
+
+@pytest.mark.parametrize("mode", ["up", "down"])
+def test_fused_scale_is_the_same_function(mode):
+    x = torch.randn(3, 4, 6, 10, dtype=torch.float64)
+    w = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    kw = dict(up=mode == "up", down=mode == "down")
+    torch.testing.assert_close(ops.eq_conv2d(x, w, b, fused_scale=True, **kw), ops.eq_conv2d(x, w, b, **kw))
+
+
+def test_reference_is_twice_differentiable():
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        y = ops.eq_conv2d(x, w, b, down=True)
+        y = ops.minibatch_stddev(y, group_size=2)
+        return ops.bias_act(y, None, act="lrelu")
+
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_low_precision_matches_fp32_reference():
+    x = torch.randn(4, 8, 6, 6)
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        y = ops.pixel_norm(x.to(dtype))
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), ops.pixel_norm(x), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: ops.bias_act(torch.randn(2, 3), torch.randn(4)), ValueError, "b has 4 elements"),
+    (lambda: ops.pixel_norm(torch.randn(2, 3).int()), TypeError, "dtype"),
+    (lambda: ops.minibatch_stddev(torch.randn(2, 3, 4)), ValueError, "4-D"),
+    (lambda: ops.upsample_blend(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 3, 4), 0.5), ValueError, "half resolution"),
+    (lambda: ops.fade_reals(torch.randn(1, 2, 8, 8), 1.5), ValueError, r"\[0, 1\]"),
+    (lambda: ops.eq_conv2d(torch.randn(1, 2, 8, 8), torch.randn(3, 4, 3, 3)), ValueError, "input channels"),
+    (lambda: ops.bias_act(torch.randn(2, 3), act="gelu"), ValueError, "unknown act"),
+    (lambda: ops.pixel_norm(torch.randn(2, 3), impl="fast"), ValueError, "unknown impl"),
+])
+def test_bad_input_errors(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_backend_selection():
+    x = torch.randn(2, 3, 4, 4)
+    with ops.use_backend("ref"):
+        assert ops.get_backend() == "ref"
+        ops.pixel_norm(x)
+    assert ops.get_backend() == "auto"
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        ops.pixel_norm(x, impl="cuda")
+    with pytest.raises(ValueError):
+        ops.set_backend("nope")
