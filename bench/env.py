@@ -37,6 +37,8 @@ def collect() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         # a copy of the tree without .git (a remote GPU machine) records PROGAN_GIT_COMMIT instead
         "git_commit": _git("rev-parse", "HEAD") or os.environ.get("PROGAN_GIT_COMMIT") or None,
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

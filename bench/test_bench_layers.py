@@ -102,4 +102,5 @@ def test_layer(benchmark, layer_case, settings, ceilings):
             "x_shape": list(x_shape), "w_shape": list(w_shape),
             "conv_kwargs": {k: v for k, v in kwargs.items() if k != "gain"}, "dtype": str(settings.dtype),
             "group": f"layer {name} r{res} {mode}"}
-    run_case(benchmark, fn, settings=settings, ceilings=ceilings, info=info, moved=moved, flops=flops)
+    run_case(benchmark, fn, settings=settings, ceilings=ceilings, info=info, moved=moved, flops=flops,
+             images=settings.batch(res))

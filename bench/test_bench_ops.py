@@ -99,4 +99,5 @@ def test_op(benchmark, op_case, settings, ceilings):
             "backend": backend, "mode": mode, "res": res, "batch": settings.batch(res),
             "shape": {k: list(v.shape) for k, v in inputs.items()}, "dtype": str(settings.dtype),
             "group": f"op {op} r{res} {mode}"}
-    run_case(benchmark, fn, settings=settings, ceilings=ceilings, info=info, moved=moved)
+    run_case(benchmark, fn, settings=settings, ceilings=ceilings, info=info, moved=moved,
+             images=settings.batch(res))
