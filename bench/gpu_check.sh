@@ -8,13 +8,15 @@
 # -> bench/report.py (results.json, results.md, compare against bench/results/) -> the table, last.
 # Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 385 s, so the
 # whole script ends inside 7 minutes); a stage that runs out gets SIGINT first (pytest then still
-# writes its JSON), SIGKILL 15 s later. Nothing aborts the script before the report is written.
+# writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
 # Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
 #
 # $OUT receives at most 6 files: check.log (every stage's full output), bench_ops.json,
 # bench_layers.json, bench_step.json (pytest-benchmark), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
-# bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores).
+# bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
+# timeouts T_INSTALL=130 T_GPU_TESTS=45 T_TRITON_TESTS=35 T_BENCH_UNIT=20 T_BENCH_OPS=55
+# T_BENCH_LAYERS=40 T_BENCH_STEP=75 (seconds; always capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -44,7 +46,7 @@ stage() {
   say "BEGIN $name (timeout ${t}s): $(echo "$*" | tr '\n' ' ' | cut -c1-150)"
   local tmp start rc status
   tmp=$(mktemp) start=$(date +%s)
-  timeout -s INT -k 15 "$t" "$@" > "$tmp" 2>&1
+  timeout -s INT -k 10 "$t" "$@" > "$tmp" 2>&1
   rc=$?
   cat "$tmp" >> "$LOG"
   tail -n "${TAIL_LINES:-4}" "$tmp" | sed 's/^/    | /'
@@ -86,7 +88,7 @@ say "GPU available: $HAS_GPU"
 
 # ---------------------------------------------------------------------------------- build
 if [[ $HAS_GPU == 1 && ${PROGAN_CHECK_SKIP_INSTALL:-0} != 1 ]]; then
-  stage install 130 env CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+  stage install "${T_INSTALL:-130}" env CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "$PY" -m pip install --no-build-isolation --no-deps -e .
 else
   say "SKIP install: no GPU here or PROGAN_CHECK_SKIP_INSTALL=1 (never re-point a shared CPU venv)"
@@ -102,9 +104,9 @@ for b in ('triton', 'cuda'):
 
 # ---------------------------------------------------------------------------------- tests
 if [[ $HAS_GPU == 1 ]]; then
-  stage gpu_tests 45 "$PY" -m pytest tests -q -x -m gpu -p no:cacheprovider
+  stage gpu_tests "${T_GPU_TESTS:-45}" "$PY" -m pytest tests -q -x -m gpu -p no:cacheprovider
   if [[ -f tests/test_triton_ops.py ]]; then
-    stage triton_tests 35 "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider
+    stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider
   else
     say "SKIP triton_tests: tests/test_triton_ops.py not in this tree"; STATUS+=("triton_tests: absent")
   fi
@@ -115,10 +117,10 @@ fi
 # ---------------------------------------------------------------------------------- bench
 export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
-stage bench_unit 20 "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
-stage bench_ops 55 "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
-stage bench_layers 40 "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
-stage bench_step 75 "$PY" -m pytest bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
+stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
+stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
+stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
 
 # ---------------------------------------------------------------------------------- report
 say "report"
