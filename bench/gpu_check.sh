@@ -4,7 +4,7 @@
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
 # Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py
-# -> bench unit tests -> bench ops / layers / train step (quick mode, one pytest-benchmark JSON each)
+# -> bench unit tests -> bench ops / layers / data + train step (quick mode, one pytest-benchmark JSON each)
 # -> bench/report.py (results.json, results.md, compare against bench/results/) -> the table, last.
 # Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 385 s, so the
 # whole script ends inside 7 minutes); a stage that runs out gets SIGINT first (pytest then still
@@ -120,7 +120,7 @@ BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterati
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
 stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
-stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
+stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
 
 # ---------------------------------------------------------------------------------- report
 say "report"
