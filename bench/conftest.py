@@ -16,6 +16,7 @@ Environment knobs (all optional):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -126,11 +127,30 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config._progan_bench = make_settings(config.getoption("--bench-quick", default=False))
-    if config._progan_bench.device.type == "cpu":
-        # Tiny CPU shapes gain nothing from threads, and on a shared machine an OpenMP barrier
-        # waiting for a busy core turns 50 us into 20 ms: one thread keeps the smoke run steady.
-        torch.set_num_threads(int(os.environ.get("PROGAN_BENCH_THREADS", "1")))
     config._progan_ceilings = None
+
+
+@contextlib.contextmanager
+def bench_threads(settings: Settings):
+    """CPU profile: one torch thread (PROGAN_BENCH_THREADS) while timing, restored afterwards, so a
+    combined `pytest tests bench` run leaves the other suites alone. Tiny CPU shapes gain nothing
+    from threads, and on a shared machine an OpenMP barrier waiting for a busy core turns 50 us
+    into 20 ms."""
+    if settings.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("PROGAN_BENCH_THREADS", "1")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _bench_threads(request):
+    with bench_threads(request.config._progan_bench):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -140,8 +160,10 @@ def settings(request) -> Settings:
 
 @pytest.fixture(scope="session")
 def ceilings(request, settings) -> dict:
-    """Device ceilings measured once per run, in the same process as the cases."""
-    c = measure_ceilings(settings.device)
+    """Device ceilings measured once per run, in the same process and thread setting as the cases."""
+    with bench_threads(settings):
+        c = measure_ceilings(settings.device)
+    c["torch_threads"] = int(os.environ.get("PROGAN_BENCH_THREADS", "1")) if settings.device.type == "cpu" else None
     request.config._progan_ceilings = c
     return c
 

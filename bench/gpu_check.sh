@@ -94,6 +94,15 @@ else
   say "SKIP install: no GPU here or PROGAN_CHECK_SKIP_INSTALL=1 (never re-point a shared CPU venv)"
   STATUS+=("install: skipped")
 fi
+# A missing extension may be JIT-built on first use; a build killed by a stage timeout can leave a
+# lock that stalls every later stage. Without a built progan_fast._C the cuda backend is turned off
+# for this run (PROGAN_CHECK_KEEP_CUDA=1 keeps it).
+if [[ $HAS_GPU == 1 && ${PROGAN_CHECK_KEEP_CUDA:-0} != 1 ]] && \
+   ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('progan_fast._C') is None)" 2>/dev/null; then
+  export PROGAN_FAST_DISABLE_CUDA=1
+  say "progan_fast._C is not built: PROGAN_FAST_DISABLE_CUDA=1 for the rest of this run"
+  STATUS+=("cuda backend: disabled (no built extension)")
+fi
 TAIL_LINES=3 stage backends 30 "$PY" -c "
 import progan_fast
 from progan_fast import ops
