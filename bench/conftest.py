@@ -1,0 +1,213 @@
+"""pytest-benchmark configuration for progan_fast: which shapes, which device, how long per case.
+
+On a GPU every case uses the shapes the paper model runs (DESIGN §2 channels, the 1-GPU batch
+schedule, bf16, channels_last); `--bench-quick` / PROGAN_BENCH_QUICK=1 keeps a representative
+subset so the GPU check script fits its time budget. Without a GPU the same cases run at tiny
+shapes in fp32 as a smoke test (the whole `pytest bench/` takes well under 3 minutes on 2 cores).
+
+Environment knobs (all optional):
+  PROGAN_BENCH_QUICK=1        representative subset (GPU)
+  PROGAN_BENCH_RES=8,128      resolutions for op and layer cases
+  PROGAN_BENCH_STEP_RES=4,16  resolutions for training-step cases
+  PROGAN_BENCH_COMPILE=0|1    torch.compile cases (default: on with a GPU, off on CPU)
+  PROGAN_BENCH_CASE_S=0.2     time budget per op/layer case in seconds (step cases get 4x)
+  PROGAN_BENCH_DEVICE=cpu     force the CPU profile on a GPU machine
+  PROGAN_BENCH_THREADS=1      torch threads for the CPU profile
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from . import env
+from .paper import BATCH_1GPU, RESOLUTIONS, block_channels, prev_channels
+from .roofline import measure_ceilings
+
+BACKENDS = ("ref", "compile", "triton", "cuda")
+
+
+def _env_res(name):
+    raw = os.environ.get(name)
+    return tuple(int(r) for r in raw.split(",") if r.strip()) if raw else None
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    quick: bool
+    dtype: torch.dtype
+    channels_last: bool
+    fmap: dict
+    op_resolutions: tuple
+    step_resolutions: tuple
+    compile: bool
+    compile_resolutions: tuple       # op / layer resolutions that also get torch.compile cases
+    compile_step_resolutions: tuple  # training-step resolutions that get the torch.compile variant
+    compile_only: tuple | None       # op / layer names that get torch.compile cases (None: all)
+    case_budget_s: float
+    round_s: float                   # target duration of one timed round (amortizes the sync)
+    min_rounds: int = 5
+    max_rounds: int = 200
+    cpu_batch: int = 4
+    graph_max_res: int = 16          # CUDA-graph step variant up to this resolution
+    extra_variants: bool = False     # fused_scale layer variants (full GPU runs)
+    notes: list = field(default_factory=list)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def batch(self, res: int) -> int:
+        return BATCH_1GPU[res] if self.on_gpu else self.cpu_batch
+
+    def channels(self, res: int) -> int:
+        return block_channels(res, **self.fmap)
+
+    def prev_channels(self, res: int) -> int:
+        return prev_channels(res, **self.fmap)
+
+    def tensor(self, *shape, requires_grad=False, dtype=None) -> torch.Tensor:
+        """Random input (never zeros), in the bench dtype and memory format."""
+        t = torch.randn(*shape, device=self.device, dtype=dtype or self.dtype)
+        if self.channels_last and t.ndim == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t.requires_grad_(requires_grad)
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "quick": self.quick, "dtype": str(self.dtype).replace("torch.", ""),
+                "channels_last": self.channels_last, "fmap": self.fmap,
+                "op_resolutions": list(self.op_resolutions), "step_resolutions": list(self.step_resolutions),
+                "compile": self.compile, "case_budget_s": self.case_budget_s}
+
+
+def make_settings(quick_flag: bool) -> Settings:
+    forced = os.environ.get("PROGAN_BENCH_DEVICE")
+    device = torch.device(forced if forced else ("cuda" if torch.cuda.is_available() else "cpu"))
+    quick = bool(quick_flag) or os.environ.get("PROGAN_BENCH_QUICK", "0") == "1"
+    compile_env = os.environ.get("PROGAN_BENCH_COMPILE")
+    budget_env = os.environ.get("PROGAN_BENCH_CASE_S")
+    if device.type == "cuda":
+        res = (8, 128) if quick else RESOLUTIONS
+        s = Settings(device=device, quick=quick, dtype=torch.bfloat16, channels_last=True,
+                     fmap=dict(fmap_base=8192, fmap_decay=1.0, fmap_max=512),
+                     op_resolutions=res,
+                     step_resolutions=(4, 16, 64, 256) if quick else RESOLUTIONS,
+                     compile=compile_env != "0",
+                     compile_resolutions=(128,) if quick else RESOLUTIONS,
+                     compile_step_resolutions=(16,) if quick else RESOLUTIONS,
+                     # compiling costs seconds per case: the quick run compiles the fused epilogues
+                     compile_only=(("bias_act_pixel_norm", "minibatch_stddev", "fade_reals", "g_conv", "d_down")
+                                   if quick else None),
+                     case_budget_s=0.1 if quick else 0.5, round_s=2e-3, extra_variants=not quick)
+    else:  # tiny CPU smoke profile: 8 channels, batch 4, 4 and 8 px
+        s = Settings(device=device, quick=True, dtype=torch.float32, channels_last=False,
+                     fmap=dict(fmap_base=8192, fmap_decay=1.0, fmap_max=8),
+                     op_resolutions=(4, 8), step_resolutions=(4, 8),
+                     compile=compile_env == "1", compile_resolutions=(8,), compile_step_resolutions=(4,),
+                     compile_only=("bias_act_pixel_norm", "g_conv"),
+                     case_budget_s=0.03, round_s=1e-3, min_rounds=3, max_rounds=50)
+    s.op_resolutions = _env_res("PROGAN_BENCH_RES") or s.op_resolutions
+    s.step_resolutions = _env_res("PROGAN_BENCH_STEP_RES") or s.step_resolutions
+    if _env_res("PROGAN_BENCH_RES") and not s.quick:
+        s.compile_resolutions = s.op_resolutions
+    if budget_env:
+        s.case_budget_s = float(budget_env)
+    return s
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("progan_fast bench")
+    group.addoption("--bench-quick", action="store_true", default=False,
+                    help="representative subset of shapes (also PROGAN_BENCH_QUICK=1)")
+
+
+def pytest_configure(config):
+    config._progan_bench = make_settings(config.getoption("--bench-quick", default=False))
+    config._progan_ceilings = None
+
+
+@contextlib.contextmanager
+def bench_threads(settings: Settings):
+    """CPU profile: one torch thread (PROGAN_BENCH_THREADS) while timing, restored afterwards, so a
+    combined `pytest tests bench` run leaves the other suites alone. Tiny CPU shapes gain nothing
+    from threads, and on a shared machine an OpenMP barrier waiting for a busy core turns 50 us
+    into 20 ms."""
+    if settings.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("PROGAN_BENCH_THREADS", "1")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _bench_threads(request):
+    with bench_threads(request.config._progan_bench):
+        yield
+
+
+@pytest.fixture(scope="session")
+def settings(request) -> Settings:
+    return request.config._progan_bench
+
+
+@pytest.fixture(scope="session")
+def ceilings(request, settings) -> dict:
+    """Device ceilings measured once per run, in the same process and thread setting as the cases."""
+    with bench_threads(settings):
+        c = measure_ceilings(settings.device)
+    c["torch_threads"] = int(os.environ.get("PROGAN_BENCH_THREADS", "1")) if settings.device.type == "cpu" else None
+    request.config._progan_ceilings = c
+    return c
+
+
+def order_cases(cases: list, settings: Settings, name_of, res_of, backend_of) -> list:
+    """Drop torch.compile cases the settings exclude and move the rest to the end of the run, so a
+    stage that runs out of time loses compile cases (seconds each to build) before anything else."""
+    keep, compiled = [], []
+    for c in cases:
+        if backend_of(c) != "compile":
+            keep.append(c)
+        elif res_of(c) in settings.compile_resolutions and (
+                settings.compile_only is None or name_of(c) in settings.compile_only):
+            compiled.append(c)
+    return keep + compiled
+
+
+def skip_unless_backend(settings: Settings, backend: str, op: str) -> None:
+    """Skip (with the reason) when `backend` cannot run `op` on the bench device."""
+    from progan_fast import ops
+    if backend == "ref":
+        return
+    if backend == "compile":
+        if not settings.compile:
+            pytest.skip("torch.compile cases are off here (PROGAN_BENCH_COMPILE=1 turns them on)")
+        return
+    dev = settings.device.type
+    if backend == "triton" and dev == "cpu" and not ops.triton_interpret():
+        pytest.skip("triton on CPU needs TRITON_INTERPRET=1")
+    if backend == "cuda" and dev != "cuda":
+        pytest.skip("the cuda backend needs a CUDA device")
+    if backend not in ops.available_backends():
+        pytest.skip(f"backend {backend!r} unavailable: {ops.backend_error(backend)}")
+    try:
+        ops.resolve(op, backend, dev)
+    except (NotImplementedError, RuntimeError) as exc:
+        pytest.skip(str(exc))
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    info = env.collect()
+    info["command"] = " ".join(["pytest", *config.invocation_params.args])
+    output_json["progan_fast"] = {
+        "env": info,
+        "ceilings": config._progan_ceilings,
+        "settings": config._progan_bench.describe(),
+    }

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# progan_fast GPU check: build, GPU tests, quick benchmarks, results table -- in one bounded run.
+#
+#   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
+#
+# Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py
+# -> bench unit tests -> bench ops / layers / data + train step (quick mode, one pytest-benchmark JSON each)
+# -> bench/report.py (results.json, results.md, compare against bench/results/) -> the table, last.
+# Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 385 s, so the
+# whole script ends inside 7 minutes); a stage that runs out gets SIGINT first (pytest then still
+# writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
+# Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
+#
+# $OUT receives at most 6 files: check.log (every stage's full output), bench_ops.json,
+# bench_layers.json, bench_step.json (pytest-benchmark), results.json, results.md.
+# Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
+# bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
+# timeouts T_INSTALL=130 T_GPU_TESTS=45 T_TRITON_TESTS=35 T_BENCH_UNIT=20 T_BENCH_OPS=55
+# T_BENCH_LAYERS=40 T_BENCH_STEP=75 (seconds; always capped by the budget left).
+set -u -o pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+OUT=${OUT:-/tmp/progan_gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+LOG="$OUT/check.log"
+T0=$(date +%s)
+BUDGET=${CHECK_BUDGET_S:-385}
+RESERVE=25            # seconds kept for the report at the end
+STATUS=()
+: > "$LOG"
+unset TRITON_INTERPRET   # real kernels on the GPU, never the interpreter
+export PYTHONDONTWRITEBYTECODE=1
+
+say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+
+# stage NAME SECONDS CMD... : run CMD under its own timeout (capped by the budget left), log all
+# output, echo its last lines, record the outcome; always returns 0.
+stage() {
+  local name=$1 want=$2; shift 2
+  local left=$(( T0 + BUDGET - RESERVE - $(date +%s) ))
+  local t=$(( want < left ? want : left ))
+  if (( t < 10 )); then
+    say "SKIP $name: the time budget is spent"; STATUS+=("$name: skipped (time)"); return 0
+  fi
+  say "BEGIN $name (timeout ${t}s): $(echo "$*" | tr '\n' ' ' | cut -c1-150)"
+  local tmp start rc status
+  tmp=$(mktemp) start=$(date +%s)
+  timeout -s INT -k 10 "$t" "$@" > "$tmp" 2>&1
+  rc=$?
+  cat "$tmp" >> "$LOG"
+  tail -n "${TAIL_LINES:-4}" "$tmp" | sed 's/^/    | /'
+  rm -f "$tmp"
+  case $rc in
+    0) status=ok ;;
+    124|137) status="TIMEOUT after ${t}s" ;;
+    *) status="FAILED rc=$rc" ;;
+  esac
+  say "END $name: $status ($(( $(date +%s) - start ))s)"
+  STATUS+=("$name: $status")
+  return 0
+}
+
+# ---------------------------------------------------------------------------------- versions
+export PROGAN_GIT_COMMIT=${PROGAN_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
+TAIL_LINES=25 stage versions 30 bash -c "
+  $PY - <<'EOF'
+import os, platform, torch
+print('python', platform.python_version(), '| torch', torch.__version__, '| CUDA', torch.version.cuda,
+      '| cuDNN', torch.backends.cudnn.version())
+try:
+    import triton; print('triton', triton.__version__)
+except Exception as exc: print('triton unavailable:', exc)
+import numpy; print('numpy', numpy.__version__)
+print('cuda available:', torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print('device:', p.name, f'sm_{p.major}{p.minor}', round(p.total_memory / 2**30, 1), 'GiB,', torch.cuda.device_count(), 'visible')
+print('CUDA_HOME:', os.environ.get('CUDA_HOME'), '| cores:', os.cpu_count())
+EOF
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.max.sm --format=csv
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2 || ls /usr/local/cuda/bin/nvcc 2>/dev/null || echo 'nvcc: not found'
+  $PY -m pip list 2>/dev/null | grep -iE '^(torch|triton|numpy|ninja|pybind11|pytest|pytest-benchmark|progan.fast) ' || true
+  git log -1 --format='commit %H %s' 2>/dev/null || true"
+
+HAS_GPU=$($PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+say "GPU available: $HAS_GPU"
+
+# ---------------------------------------------------------------------------------- build
+if [[ $HAS_GPU == 1 && ${PROGAN_CHECK_SKIP_INSTALL:-0} != 1 ]]; then
+  stage install "${T_INSTALL:-130}" env CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    "$PY" -m pip install --no-build-isolation --no-deps -e .
+else
+  say "SKIP install: no GPU here or PROGAN_CHECK_SKIP_INSTALL=1 (never re-point a shared CPU venv)"
+  STATUS+=("install: skipped")
+fi
+# A missing extension may be JIT-built on first use; a build killed by a stage timeout can leave a
+# lock that stalls every later stage. Without a built progan_fast._C the cuda backend is turned off
+# for this run (PROGAN_CHECK_KEEP_CUDA=1 keeps it).
+if [[ $HAS_GPU == 1 && ${PROGAN_CHECK_KEEP_CUDA:-0} != 1 ]] && \
+   ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('progan_fast._C') is None)" 2>/dev/null; then
+  export PROGAN_FAST_DISABLE_CUDA=1
+  say "progan_fast._C is not built: PROGAN_FAST_DISABLE_CUDA=1 for the rest of this run"
+  STATUS+=("cuda backend: disabled (no built extension)")
+fi
+TAIL_LINES=3 stage backends 30 "$PY" -c "
+import progan_fast
+from progan_fast import ops
+print('progan_fast', progan_fast.__version__, 'from', progan_fast.__file__)
+print('backends:', ops.available_backends())
+for b in ('triton', 'cuda'):
+    print(f'  {b}:', ops.backend_error(b) or 'ok')"
+
+# ---------------------------------------------------------------------------------- tests
+if [[ $HAS_GPU == 1 ]]; then
+  stage gpu_tests "${T_GPU_TESTS:-45}" "$PY" -m pytest tests -q -x -m gpu -p no:cacheprovider
+  if [[ -f tests/test_triton_ops.py ]]; then
+    stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider
+  else
+    say "SKIP triton_tests: tests/test_triton_ops.py not in this tree"; STATUS+=("triton_tests: absent")
+  fi
+else
+  say "SKIP gpu_tests, triton_tests: no GPU"; STATUS+=("gpu_tests: skipped (no GPU)")
+fi
+
+# ---------------------------------------------------------------------------------- bench
+export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
+BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
+stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
+stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
+stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
+
+# ---------------------------------------------------------------------------------- report
+say "report"
+inputs=()
+for f in "$OUT"/bench_ops.json "$OUT"/bench_layers.json "$OUT"/bench_step.json; do [[ -s $f ]] && inputs+=("$f"); done
+if (( ${#inputs[@]} )); then
+  timeout 20 "$PY" -m bench.report convert "${inputs[@]}" --out "$OUT/results.json" --md "$OUT/results.md" \
+    --command "bench/gpu_check.sh (PROGAN_BENCH_QUICK=$PROGAN_BENCH_QUICK)" >> "$LOG" 2>&1 \
+    || say "report convert failed (see check.log)"
+  [[ -s $OUT/results.json ]] && { timeout 15 "$PY" -m bench.report compare "$OUT/results.json" 2>&1 | tee -a "$LOG" || true; }
+else
+  say "no benchmark JSON was written"
+fi
+
+say "summary (total $(( $(date +%s) - T0 ))s):"
+for s in "${STATUS[@]}"; do echo "  $s" | tee -a "$LOG"; done
+echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+if [[ -s $OUT/results.md ]]; then
+  echo
+  cat "$OUT/results.md"
+fi
+exit 0

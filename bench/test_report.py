@@ -1,0 +1,87 @@
+"""bench/report.py on synthetic pytest-benchmark JSON: conversion, speedups, regression detection."""
+import json
+
+import pytest
+
+from bench import report
+
+
+def _raw(cases, device_class="nvidia-h100", date="2026-11-26T00:00:00+00:00", commit="abc123"):
+    """A minimal pytest-benchmark document with this suite's extra_info and metadata."""
+    benchmarks = []
+    for case_id, median_s, extra in cases:
+        info = {"case_id": case_id, "baseline_id": case_id.rsplit("/", 1)[0] + "/ref", **extra}
+        benchmarks.append({"name": f"test[{case_id}]", "fullname": f"bench/x.py::test[{case_id}]",
+                           "stats": {"median": median_s, "iqr": median_s / 20, "rounds": 10, "iterations": 5},
+                           "extra_info": info})
+    return {"benchmarks": benchmarks, "datetime": date,
+            "progan_fast": {"env": {"device": "NVIDIA H100 80GB HBM3", "device_class": device_class,
+                                    "date": date, "git_commit": commit, "torch": "2.11.0"},
+                            "ceilings": {"copy_gbps": 3000.0, "matmul_tflops": 700.0, "matmul_dtype": "bfloat16"},
+                            "settings": {"quick": True}}}
+
+
+BASE = [("op/pixel_norm/r8/fwd/ref", 100e-6, {"gbps": 500.0, "frac_ceiling": 0.17, "bound": "memory"}),
+        ("op/pixel_norm/r8/fwd/triton", 25e-6, {"gbps": 2000.0, "frac_ceiling": 0.67, "bound": "memory"}),
+        ("step/r8/eager_fp32", 20e-3, {"img_s": 6400.0, "baseline_id": "step/r8/eager_fp32"}),
+        ("step/r8/fast", 5e-3, {"img_s": 25600.0, "baseline_id": "step/r8/eager_fp32"})]
+
+
+def test_convert_speedups_and_markdown():
+    res = report.convert([_raw(BASE[:2]), _raw(BASE[2:])])
+    by_id = {c["id"]: c for c in res["cases"]}
+    assert res["schema"] == report.SCHEMA and res["env"]["device_class"] == "nvidia-h100"
+    assert by_id["op/pixel_norm/r8/fwd/triton"]["median_ms"] == pytest.approx(0.025)
+    assert by_id["op/pixel_norm/r8/fwd/triton"]["speedup_vs_eager"] == pytest.approx(4.0)
+    assert by_id["step/r8/fast"]["speedup_vs_eager"] == pytest.approx(4.0)
+    md = report.markdown(res)
+    assert "| op/pixel_norm/r8/fwd/triton | 0.0250 |" in md and "4.00x" in md and "67.0 (mem)" in md
+
+
+def _doc(scale_triton=1.0, scale_step=1.0, **kw):
+    cases = [(i, t * (scale_triton if "triton" in i else scale_step if "fast" in i else 1.0), e) for i, t, e in BASE]
+    return report.convert([_raw(cases, **kw)])
+
+
+def test_compare_flags_only_cases_beyond_threshold():
+    old = _doc()
+    assert report.compare(_doc(scale_triton=1.09), old, 0.10)["regressions"] == []
+    result = report.compare(_doc(scale_triton=1.25, scale_step=0.5), old, 0.10)
+    assert [r["id"] for r in result["regressions"]] == ["op/pixel_norm/r8/fwd/triton"]
+    assert result["regressions"][0]["ratio"] == pytest.approx(1.25)
+    assert [r["id"] for r in result["improvements"]] == ["step/r8/fast"]
+    # cases below --min-ms in the baseline are reported but not counted
+    assert report.compare(_doc(scale_triton=1.25), old, 0.10, min_ms=0.05)["regressions"] == []
+
+
+def test_compare_cli_exit_codes_and_latest_baseline(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "old_h100.json").write_text(json.dumps(_doc(date="2026-01-01T00:00:00+00:00")))
+    (results / "new_h100.json").write_text(json.dumps(_doc(scale_triton=2.0, date="2026-02-01T00:00:00+00:00")))
+    (results / "h200.json").write_text(json.dumps(_doc(scale_triton=0.1, device_class="nvidia-h200",
+                                                       date="2026-03-01T00:00:00+00:00")))
+    assert report.latest_baseline("nvidia-h100", str(results)) == str(results / "new_h100.json")
+    new = tmp_path / "bench.json"  # a raw pytest-benchmark JSON is accepted directly
+    new.write_text(json.dumps(_raw([(i, t * (1.3 if "triton" in i else 1.0), e) for i, t, e in BASE])))
+    # against the newest H100 file (triton twice as slow there) the new run is faster: exit 0
+    assert report.main(["compare", str(new), "--results-dir", str(results)]) == 0
+    assert report.main(["compare", str(new), "--against", str(results / "old_h100.json")]) == 1
+    assert "REGRESSIONS (1)" in capsys.readouterr().out
+    assert report.main(["compare", str(new), "--against", str(results / "old_h100.json"),
+                        "--threshold", "0.5"]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main(["compare", str(new), "--results-dir", str(empty)]) == 0
+
+
+def test_convert_cli_tolerates_a_missing_stage(tmp_path):
+    good = tmp_path / "ops.json"
+    good.write_text(json.dumps(_raw(BASE)))
+    out, md = tmp_path / "results.json", tmp_path / "results.md"
+    assert report.main(["convert", str(good), str(tmp_path / "timed_out.json"), "--out", str(out),
+                        "--md", str(md), "--command", "bench/gpu_check.sh"]) == 0
+    res = json.loads(out.read_text())
+    assert res["env"]["command"] == "bench/gpu_check.sh" and len(res["cases"]) == 4
+    assert report.saved_name(res) == "20261126T000000_nvidia-h100_abc123.json"
+    assert report.main(["convert", str(tmp_path / "none.json")]) == 2
