@@ -86,6 +86,8 @@ class Trainer:
         self.log = (log or _stderr) if self.is_main else (lambda *a, **k: None)
         self.progress = progress and self.is_main
         ops.set_backend(cfg.backend)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # static shapes within a phase: let cuDNN pick its kernels
         torch.manual_seed(cfg.seed)  # initial weights: identical on every rank
         self.G, self.D = build_models(cfg)
         channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
