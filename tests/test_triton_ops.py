@@ -89,7 +89,7 @@ CASES = {
     "eq_conv2d_down": (lambda i, x, w, b: ops.eq_conv2d(x, w, b, down=True, impl=i),
                        lambda dt, lo: (rand(3, 3, 4, 4, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
 }
-FOUR_D = {name for name, c in CASES.items() if "2d" not in name}
+TWO_D = {"bias_act_linear_2d", "bias_act_lrelu_2d_dim0_nobias", "pixel_norm_latent_2d", "lerp_alpha_tensor_2d"}
 
 
 def _case(name):
@@ -102,14 +102,12 @@ def _grads(outs, inputs, grad_outs, create_graph=False):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]
 
 
-def _close(actual, expected, tol, what):
+def _close(actual, expected, tol, what, normwise=False):
+    if normwise:  # GEMM-like reductions: judge the error relative to the whole tensor
+        err = (actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)
+        assert err <= tol["rtol"], f"{what}: normwise relative error {err:.3g} > {tol['rtol']}"
+        return
     torch.testing.assert_close(actual.float(), expected.float(), **tol, msg=lambda m: f"{what}: {m}")
-
-
-def _skip_unsupported(name, dtype):
-    if name.startswith("eq_conv2d") and dtype != torch.float32 and DEVICE == "cpu":
-        # Both backends run the same torch convolution; CPU half convolutions are slow or missing.
-        pytest.skip("low-precision conv is a GPU check")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -117,9 +115,8 @@ def _skip_unsupported(name, dtype):
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_reference(name, dtype, layout):
     """Forward, backward and double backward vs the reference on fresh random inputs."""
-    if layout == "nhwc" and name not in FOUR_D:
+    if layout == "nhwc" and name in TWO_D:
         pytest.skip("2-D input has no channels_last form")
-    _skip_unsupported(name, dtype)
     fn, make, n_diff = _case(name)
     tensors = make(dtype, layout)
     n_diff = len(tensors) if n_diff is None else n_diff
@@ -132,22 +129,32 @@ def test_matches_reference(name, dtype, layout):
         assert out["triton"].stride() == out["ref"].stride() or \
             out["triton"].is_contiguous(memory_format=torch.channels_last)
 
-    g = torch.randn_like(out["ref"])
+    g = {impl: torch.randn_like(out["ref"]) for impl in leaves}
+    g["ref"] = g["triton"].detach().clone()
+    for impl in leaves:
+        g[impl].requires_grad_()
     diff = {impl: leaves[impl][:n_diff] for impl in leaves}
-    first = {impl: _grads(out[impl], diff[impl], g, create_graph=True) for impl in leaves}
+    first = {impl: _grads(out[impl], diff[impl], g[impl], create_graph=True) for impl in leaves}
+    # In fp16/bf16 the convolution's own backward (a low-precision reduction, the same torch call
+    # in both backends) amplifies 1-ulp differences of the epilogue's gradient: compare normwise.
+    conv_lp = name.startswith("eq_conv2d") and dtype != torch.float32
     for k, (a, e) in enumerate(zip(first["triton"], first["ref"])):
-        _close(a, e, TOL[dtype], f"grad of input {k}")
+        # A bias gradient is a sum of dx already rounded to storage precision (as in every fused
+        # bias_act); the reference sums before rounding: allow the sqrt(n)-ulp gap in fp16/bf16.
+        _close(a, e, (TOL2 if a.dim() == 1 and dtype != torch.float32 else TOL)[dtype], f"grad of input {k}",
+               normwise=conv_lp)
 
-    # Double backward: d/d(inputs) of <first-order grads, v> (what the WGAN-GP penalty needs).
+    # Double backward: d/d(inputs, upstream grad) of <first-order grads, v> (what the WGAN-GP
+    # penalty needs: the upstream gradient of an op inside D depends on D's parameters).
     vs = [torch.randn_like(t) for t in first["ref"]]
     second = {}
     for impl in leaves:
         s = sum((gr.float() * v.float()).sum() for gr, v in zip(first[impl], vs) if gr.requires_grad)
         if not isinstance(s, torch.Tensor):
             return  # every first-order grad is constant (linear op with no upstream dependence)
-        second[impl] = _grads(s, diff[impl], None)
+        second[impl] = _grads(s, diff[impl] + [g[impl]], None)
     for k, (a, e) in enumerate(zip(second["triton"], second["ref"])):
-        _close(a, e, TOL2[dtype], f"double-backward grad of input {k}")
+        _close(a, e, TOL2[dtype], f"double-backward grad of input {k}", normwise=conv_lp)
 
 
 # ----------------------------------------------------------------------------- gradcheck in float64
