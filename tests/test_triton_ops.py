@@ -36,6 +36,17 @@ def rand(*shape, dtype=torch.float32, layout="nchw", scale=1.0):
     return t.to(dtype)
 
 
+def rand_groups(n, c, h, w, dtype, layout, group_size=4):
+    """Samples whose strided groups are not nearly equal: the stddev's 1/sigma^3 second-order
+    term is ill-conditioned when two members of a group almost coincide (true of the function)."""
+    g = min(group_size, n)
+    offset = (torch.arange(n, device=DEVICE) // (n // g)).float().reshape(n, 1, 1, 1) * 1.5
+    t = torch.randn(n, c, h, w, device=DEVICE) + offset
+    if layout == "nhwc":
+        t = t.to(memory_format=torch.channels_last)
+    return t.to(dtype)
+
+
 # ----------------------------------------------------------------------------- op cases
 # Each case: (name, fn(impl, *tensors) -> output, make(dtype, layout) -> tensors, n_differentiable).
 
@@ -64,11 +75,11 @@ CASES = {
     "pixel_norm_dim3": (lambda i, x: ops.pixel_norm(x, dim=3, impl=i),
                         lambda dt, lo: (rand(2, 3, 2, 5, dtype=dt, layout=lo),)),
     "minibatch_stddev": (lambda i, x: ops.minibatch_stddev(x, impl=i),
-                         lambda dt, lo: (rand(8, 3, 2, 3, dtype=dt, layout=lo),)),
+                         lambda dt, lo: (rand_groups(8, 3, 2, 3, dt, lo),)),
     "minibatch_stddev_n3_1x1": (lambda i, x: ops.minibatch_stddev(x, impl=i),
-                                lambda dt, lo: (rand(3, 5, 1, 1, dtype=dt, layout=lo),)),
+                                lambda dt, lo: (rand_groups(3, 5, 1, 1, dt, lo),)),
     "minibatch_stddev_g2_n6": (lambda i, x: ops.minibatch_stddev(x, group_size=2, impl=i),
-                               lambda dt, lo: (rand(6, 3, 2, 2, dtype=dt, layout=lo),)),
+                               lambda dt, lo: (rand_groups(6, 3, 2, 2, dt, lo, group_size=2),)),
     "upsample_blend": (lambda i, hi, lo: ops.upsample_blend(hi, lo, 0.3, impl=i),
                        lambda dt, lo: (rand(3, 5, 4, 2, dtype=dt, layout=lo), rand(3, 5, 2, 1, dtype=dt, layout=lo))),
     "upsample_blend_alpha_tensor": (lambda i, hi, lo, a: ops.upsample_blend(hi, lo, a, impl=i),
