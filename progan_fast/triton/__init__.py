@@ -7,7 +7,6 @@ on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
-import torch
 
 from ..ops import register
 from . import launchers
@@ -56,4 +55,4 @@ for _name, _fn in [("bias_act", bias_act), ("bias_act_pixel_norm", bias_act_pixe
     register("triton", _name, _fn)
 
 __all__ = ["ops", "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend",
-           "fade_reals", "lerp", "downsample2x", "eq_conv2d", "launchers", "torch"]
+           "fade_reals", "lerp", "downsample2x", "eq_conv2d", "launchers"]
