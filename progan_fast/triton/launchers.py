@@ -1,0 +1,349 @@
+"""Launchers: allocate outputs, plan the strided iteration, pick tile sizes, launch `kernels.py`.
+
+This module is the Triton *kernel set* handed to `library.define_ops`: one plain function per
+forward / first-order-backward kernel, with the signatures documented in `library.KernelSet`.
+Functions here do no autograd and no validation beyond device checks; output strides follow the
+rules in `_layout.py`, which the fake implementations share.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import kernels as K
+from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction
+
+ACT_CODES = {"linear": K.ACT_LINEAR, "relu": K.ACT_RELU, "lrelu": K.ACT_LRELU}
+# Largest channel count the pixel-norm kernels keep whole in registers (one read, one write);
+# above it they loop over channel chunks (two reads). Tests lower it to exercise the loop.
+PN_MAX_ONE_CHUNK = 4096
+PN_CHUNK = 512
+_I32_LIMIT = 2 ** 31 - 1
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tile_elems() -> int:
+    # The interpreter runs programs one after another in Python: fewer, bigger tiles are faster.
+    return 16384 if _interpret() else 2048
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_torch(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(op: str, *tensors) -> torch.device:
+    """Same device everywhere; CPU only under TRITON_INTERPRET=1."""
+    ts = [t for t in tensors if t is not None]
+    dev = ts[0].device
+    for t in ts[1:]:
+        if t.device != dev:
+            raise ValueError(f"progan_fast.{op}: tensors on different devices ({dev} and {t.device})")
+    if dev.type == "cpu" and not _interpret():
+        raise RuntimeError(f"progan_fast.{op} (Triton): CPU tensors need TRITON_INTERPRET=1; "
+                           "use CUDA tensors or the 'ref' backend")
+    if dev.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"progan_fast.{op} (Triton): unsupported device {dev}")
+    return dev
+
+
+def _guard(dev: torch.device):
+    if dev.type == "cuda" and dev.index is not None and dev.index != torch.cuda.current_device():
+        return torch.cuda.device(dev)
+    return contextlib.nullcontext()
+
+
+def _needs_i64(sizes, strides_list) -> bool:
+    return max([math.prod(sizes)] + [max_offset(sizes, st) for st in strides_list]) > _I32_LIMIT
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+def _elementwise(kernel, tensors, strides, n_out, pre=(), post=(), primary=None, **consts):
+    """Launch an elementwise tile kernel. `tensors` in kernel order, outputs last (`n_out` of them);
+    `strides[k]` are tensor k's strides over the common shape (0 where broadcast). If the layouts
+    are too unlike to plan in four dims, run on dense copies (rare: only >4-D mixed layouts)."""
+    shape = next(t.shape for t in tensors[-n_out:])
+    primary = len(tensors) - n_out if primary is None else primary
+    plan = plan_elementwise(shape, strides, primary)
+    if plan is None:
+        ins = [t.contiguous() if t is not None and t.dim() == len(shape) else t for t in tensors[:-n_out]]
+        outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors[-n_out:]]
+        dense = [t.stride() if t is not None and t.dim() == len(shape) else st
+                 for t, st in zip(ins + outs, strides)]
+        _elementwise(kernel, ins + outs, dense, n_out, pre, post, primary, **consts)
+        for dst, src in zip(tensors[-n_out:], outs):
+            dst.copy_(src)
+        return
+    sizes, sts = plan
+    s0, s1, s2, s3 = sizes
+    rows = s0 * s1 * s2
+    elems = _tile_elems()
+    bc = min(next_pow2(s3), elems)
+    br = max(1, min(next_pow2(rows), elems // bc))
+    grid = (triton.cdiv(rows, br) * triton.cdiv(s3, bc),)
+    ptrs = [t if t is not None else tensors[-1] for t in tensors]
+    with _guard(tensors[-1].device):
+        kernel[grid](*ptrs, *pre, rows, s1, s2, s3, *[s for st in sts for s in st], *post,
+                     BR=br, BC=bc, IDX64=_needs_i64(sizes, sts), **consts)
+
+
+def bias_act(x, b, act, slope, gain, dim):
+    _check("bias_act", x, b)
+    y = torch.empty_like(x)
+    if x.numel():
+        bst = [0] * x.dim()
+        if b is not None:
+            bst[dim] = b.stride(0)
+        _elementwise(K.bias_act_fwd_kernel, [x, b, y], [x.stride(), bst, y.stride()], 1,
+                     post=(float(slope), float(gain)), HAS_B=b is not None, ACT=ACT_CODES[act],
+                     ACC=_acc(x.dtype))
+    return y
+
+
+def bias_act_grad(dy, y, act, slope, gain):
+    _check("bias_act_grad", dy, y)
+    dx = torch.empty_like(dy)
+    if dy.numel():
+        code = ACT_CODES[act]
+        yy = y if code != K.ACT_LINEAR else None
+        _elementwise(K.bias_act_bwd_kernel, [dy, yy, dx],
+                     [dy.stride(), yy.stride() if yy is not None else [0] * dy.dim(), dx.stride()], 1,
+                     post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype))
+    return dx
+
+
+def _alpha_args(alpha_t, alpha, like):
+    if alpha_t is not None:
+        return (alpha_t, 0.0), True
+    return (like, float(alpha)), False
+
+
+def lerp(a, b, alpha_t, alpha):
+    _check("lerp", a, b, alpha_t)
+    y = torch.empty_like(a)
+    if a.numel():
+        pre, has = _alpha_args(alpha_t, alpha, a)
+        _elementwise(K.lerp_fwd_kernel, [a, b, y], [a.stride(), b.stride(), y.stride()], 1, pre=pre,
+                     HAS_ALPHA_PTR=has, ACC=_acc(a.dtype))
+    return y
+
+
+def lerp_grad(g, alpha_t, alpha):
+    _check("lerp_grad", g, alpha_t)
+    da, db = torch.empty_like(g), torch.empty_like(g)
+    if g.numel():
+        pre, has = _alpha_args(alpha_t, alpha, g)
+        _elementwise(K.lerp_bwd_kernel, [g, da, db], [g.stride(), da.stride(), db.stride()], 2, pre=pre,
+                     HAS_ALPHA_PTR=has, ACC=_acc(g.dtype))
+    return da, db
+
+
+# ----------------------------------------------------------------------------- 2x2 resampling
+
+def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, alpha=0.0):
+    """Launch quad_kernel over the low-res grid, dims ordered by the high-res tensor's layout."""
+    ref = hi_out if hi_out is not None else hi_in
+    n, c, h, w = ref.shape
+    lo_shape = (n, c, h // 2, w // 2)
+    if ref.numel() == 0:
+        return
+    order = dim_order(ref.shape, ref.stride())
+    sizes = [lo_shape[d] for d in order]
+
+    def hi_args(t):
+        if t is None:
+            return [0] * 6
+        s = t.stride()
+        st = (s[0], s[1], 2 * s[2], 2 * s[3])
+        return [st[d] for d in order] + [s[2], s[3]]
+
+    def lo_args(t):
+        return [0] * 4 if t is None else [t.stride(d) for d in order]
+
+    his, los, hos, los2 = hi_args(hi_in), lo_args(lo_in), hi_args(hi_out), lo_args(lo_out)
+    s0, s1, s2, s3 = sizes
+    rows = s0 * s1 * s2
+    elems = _tile_elems() // 4  # four high-res taps per low-res element
+    bc = min(next_pow2(s3), elems)
+    br = max(1, min(next_pow2(rows), elems // bc))
+    grid = (triton.cdiv(rows, br) * triton.cdiv(s3, bc),)
+    idx64 = ref.numel() > _I32_LIMIT or any(
+        t is not None and max_offset(t.shape, t.stride()) > _I32_LIMIT for t in (hi_in, lo_in, hi_out, lo_out))
+    dummy = ref
+    ptrs = [t if t is not None else dummy for t in (hi_in, lo_in, hi_out, lo_out)]
+    (ap, af), has = _alpha_args(alpha_t, alpha, dummy)
+    with _guard(ref.device):
+        K.quad_kernel[grid](*ptrs, ap, af, rows, s1, s2, s3, *his, *los, *hos, *los2,
+                            MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype), BR=br, BC=bc, IDX64=idx64)
+
+
+def _half(t):
+    n, c, h, w = t.shape
+    return empty_4d((n, c, h // 2, w // 2), t)
+
+
+def _double(t):
+    n, c, h, w = t.shape
+    return empty_4d((n, c, h * 2, w * 2), t)
+
+
+def downsample2x(x):
+    _check("downsample2x", x)
+    y = _half(x)
+    _quad(0, hi_in=x, lo_out=y)
+    return y
+
+
+def downsample2x_grad(g):
+    _check("downsample2x_grad", g)
+    dx = _double(g)
+    _quad(1, lo_in=g, hi_out=dx)
+    return dx
+
+
+def upsample_blend(hi, lo, alpha_t, alpha):
+    _check("upsample_blend", hi, lo, alpha_t)
+    y = torch.empty_like(hi)
+    _quad(2, hi_in=hi, lo_in=lo, hi_out=y, alpha_t=alpha_t, alpha=alpha)
+    return y
+
+
+def upsample_blend_grad(g, alpha_t, alpha):
+    _check("upsample_blend_grad", g, alpha_t)
+    dhi, dlo = torch.empty_like(g), _half(g)
+    _quad(3, hi_in=g, hi_out=dhi, lo_out=dlo, alpha_t=alpha_t, alpha=alpha)
+    return dhi, dlo
+
+
+def fade_reals(x, alpha_t, alpha):
+    _check("fade_reals", x, alpha_t)
+    y = torch.empty_like(x)
+    _quad(4, hi_in=x, hi_out=y, alpha_t=alpha_t, alpha=alpha)
+    return y
+
+
+# ----------------------------------------------------------------------------- pixel norm family
+
+def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, **consts):
+    """Run a pn kernel over the [O, C, I] view of every tensor (`tensors` in kernel order, the
+    output last). Layouts that do not collapse to [O, C, I] are densified (rare)."""
+    out = tensors[-1]
+    shape = out.shape
+    plan = plan_reduction(shape, dim, [t.stride() for t in tensors], primary=len(tensors) - 1)
+    if plan is None:
+        tmp = torch.empty_like(out, memory_format=torch.contiguous_format)
+        _pixel_norm_launch(kernel, [t.contiguous() for t in tensors[:-1]] + [tmp], bias, dim, n_lead, **consts)
+        out.copy_(tmp)
+        return
+    o, c, i, sts = plan
+    if out.numel() == 0:
+        return
+    one = next_pow2(c) <= PN_MAX_ONE_CHUNK
+    block_c = next_pow2(c) if one else min(next_pow2(PN_CHUNK), next_pow2(c))
+    tile = _tile_elems() * 2
+    block_i = max(1, min(next_pow2(i), tile // block_c))
+    grid = (o * triton.cdiv(i, block_i),)
+    ptrs = tensors[:n_lead] + [bias if bias is not None else out] + tensors[n_lead:]
+    strides = [s for st in sts[:n_lead] for s in st] + [bias.stride(0) if bias is not None else 0] + \
+              [s for st in sts[n_lead:] for s in st]
+    idx64 = _needs_i64([o, c, i], [list(st) for st in sts])
+    with _guard(out.device):
+        kernel[grid](*ptrs, o, c, i, *strides, BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one,
+                     IDX64=idx64, HAS_B=bias is not None, num_warps=4 if block_c * block_i <= 2048 else 8,
+                     **consts)
+
+
+def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
+    _check("bias_act_pixel_norm", x, b)
+    y = torch.empty_like(x)
+    _pixel_norm_launch(K.pn_fwd_kernel, [x, y], b, dim, 1, slope=float(slope), gain=float(gain),
+                       eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+    return y
+
+
+def bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps, dim=1):
+    _check("bias_act_pixel_norm_grad", dy, x, b)
+    dx = torch.empty_like(x)
+    _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, dim, 2, slope=float(slope), gain=float(gain),
+                       eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+    return dx
+
+
+def pixel_norm(x, eps, dim):
+    return bias_act_pixel_norm(x, None, "linear", 0.0, 1.0, eps, dim)
+
+
+def pixel_norm_grad(dy, x, eps, dim):
+    return bias_act_pixel_norm_grad(dy, x, None, "linear", 0.0, 1.0, eps, dim)
+
+
+# ----------------------------------------------------------------------------- minibatch stddev
+
+def _mbstd_geometry(x, g):
+    """Per-sample dims (C, H, W) in x's memory order; tile = g samples x BLOCK elements."""
+    n, c, h, w = x.shape
+    order = [d + 1 for d in dim_order((c, h, w), x.stride()[1:])]
+    sizes = [x.shape[d] for d in order]
+    length = c * h * w
+    gp = next_pow2(g)
+    block = max(1, min(next_pow2(length), _tile_elems() // gp))
+    return order, sizes, length, gp, block, triton.cdiv(length, block)
+
+
+def minibatch_stddev(x, group_size, eps):
+    _check("minibatch_stddev", x)
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    m = n // g
+    out = empty_4d((n, c + 1, h, w), x)
+    if out.numel() == 0:
+        return out
+    order, sizes, length, gp, block, p = _mbstd_geometry(x, g)
+    acc = _acc_torch(x.dtype)
+    part = torch.empty(m * p, dtype=acc, device=x.device)
+    idx64 = max(max_offset(x.shape, x.stride()), max_offset(out.shape, out.stride())) > _I32_LIMIT
+    with _guard(x.device):
+        K.mbstd_fwd_kernel[(m * p,)](x, out, part, m, g, length, p, sizes[1], sizes[2],
+                                     x.stride(0), *[x.stride(d) for d in order],
+                                     out.stride(0), *[out.stride(d) for d in order], float(eps),
+                                     ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64)
+        block_hw = min(next_pow2(h * w), 1024)
+        K.mbstd_fill_kernel[(n * triton.cdiv(h * w, block_hw),)](
+            part, out, m, p, length, h * w, w, out.stride(0), out.stride(2), out.stride(3), c * out.stride(1),
+            ACC=_acc(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64)
+    return out
+
+
+def minibatch_stddev_grad(dy, x, group_size, eps):
+    _check("minibatch_stddev_grad", dy, x)
+    n, c, h, w = x.shape
+    g = min(group_size, n)
+    m = n // g
+    dx = torch.empty_like(x)
+    if x.numel() == 0:
+        return dx
+    order, sizes, length, gp, block, p = _mbstd_geometry(x, g)
+    gs = torch.empty(m, dtype=_acc_torch(x.dtype), device=x.device)
+    idx64 = max(max_offset(t.shape, t.stride()) for t in (dy, x, dx)) > _I32_LIMIT
+    with _guard(x.device):
+        K.mbstd_gsum_kernel[(m,)](dy, gs, m, g, h * w, w, dy.stride(0), dy.stride(2), dy.stride(3),
+                                  c * dy.stride(1), ACC=_acc(x.dtype), BLOCK=min(next_pow2(g * h * w), 1024),
+                                  IDX64=idx64)
+        K.mbstd_bwd_kernel[(m * p,)](dy, x, dx, gs, m, g, length, p, sizes[1], sizes[2],
+                                     dy.stride(0), *[dy.stride(d) for d in order],
+                                     x.stride(0), *[x.stride(d) for d in order],
+                                     dx.stride(0), *[dx.stride(d) for d in order], float(eps),
+                                     ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64)
+    return dx

@@ -1,0 +1,463 @@
+"""The progan_fast operator library: schemas, autograd (to second order) and fake implementations,
+independent of any kernel.
+
+`define_ops(namespace, kernels)` defines every operator as `torch.ops.<namespace>.<name>` with
+`torch.library.custom_op`, wires the backward formulas and the fake (meta) functions that
+torch.compile traces, and calls `kernels` for the actual work. `kernels` is any object with the
+methods listed in `KernelSet` (a module works): forward and first-order-backward kernels only.
+Second-order backwards are expressed through the same ops (the linear ops are adjoint pairs:
+lerp <-> lerp_grad, downsample2x <-> downsample2x_grad, upsample_blend <-> upsample_blend_grad,
+fade_reals is self-adjoint, bias_act_grad is linear in its upstream gradient) or, for the
+nonlinear normalizations, as short torch expressions (`_second_order.py`).
+
+Reusing it for another backend (e.g. the compiled CUDA extension): write a kernel set whose
+methods call the extension and follow the output-layout rules (outputs of the shape of an input
+are `torch.empty_like(<first tensor argument>)`; resampled / widened outputs take the memory format
+of the input, `_layout.empty_4d`), then call
+    define_ops("progan_fast_cuda", cuda_kernels)
+to get `torch.ops.progan_fast_cuda.*` with exactly the same schemas, autograd and fake functions,
+and register those with `progan_fast.ops.register("cuda", ...)` the way `progan_fast/triton/__init__.py`
+does. The Triton kernel set is installed as `torch.ops.progan_fast.*`.
+
+Contract shared by all ops: float32 / float16 / bfloat16 storage (float64 for gradcheck), math in
+float32; any strides (NCHW, channels_last, expanded gradients) without copies; `alpha` is either
+the float `alpha` or, when `alpha_t` is given, a 0-d tensor read on the device (no host sync, no
+recompile when it changes); no gradient flows to alpha (it is a schedule value).
+"""
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor
+
+from . import _second_order as so
+from ._layout import empty_4d
+
+ACTS = ("linear", "relu", "lrelu")
+
+
+class KernelSet(Protocol):
+    """What `define_ops` needs from a backend (all tensors already validated)."""
+    def bias_act(self, x, b, act, slope, gain, dim): ...
+    def bias_act_grad(self, dy, y, act, slope, gain): ...             # y is None for act='linear'
+    def pixel_norm(self, x, eps, dim): ...
+    def pixel_norm_grad(self, dy, x, eps, dim): ...
+    def bias_act_pixel_norm(self, x, b, act, slope, gain, eps): ...
+    def bias_act_pixel_norm_grad(self, dy, x, b, act, slope, gain, eps): ...  # -> dx (db = sum of dx)
+    def minibatch_stddev(self, x, group_size, eps): ...
+    def minibatch_stddev_grad(self, dy, x, group_size, eps): ...
+    def lerp(self, a, b, alpha_t, alpha): ...
+    def lerp_grad(self, g, alpha_t, alpha): ...                       # -> (da, db)
+    def upsample_blend(self, hi, lo, alpha_t, alpha): ...
+    def upsample_blend_grad(self, g, alpha_t, alpha): ...             # -> (dhi, dlo)
+    def fade_reals(self, x, alpha_t, alpha): ...
+    def downsample2x(self, x): ...
+    def downsample2x_grad(self, g): ...
+
+
+_defined: dict = {}
+
+
+# ----------------------------------------------------------------------------- validation (fake + real)
+
+def _req(cond: bool, msg: str, exc=ValueError):
+    if not cond:
+        raise exc(msg)
+
+
+def _v_act(op, act):
+    _req(act in ACTS, f"progan_fast.{op}: unknown act {act!r}; expected one of {ACTS}")
+
+
+def _v_4d(op, name, t):
+    _req(t.dim() == 4, f"progan_fast.{op}: {name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+
+
+def _v_bias(op, x, b, dim):
+    if b is not None:
+        _req(b.dim() == 1 and b.numel() == x.shape[dim],
+             f"progan_fast.{op}: b must be 1-D with {x.shape[dim]} elements (dim {dim}), got {tuple(b.shape)}")
+
+
+def _v_same(op, a, b, what="shape"):
+    _req(a.shape == b.shape and a.dtype == b.dtype,
+         f"progan_fast.{op}: {what} mismatch: {tuple(a.shape)} {a.dtype} vs {tuple(b.shape)} {b.dtype}")
+
+
+def _v_alpha(op, alpha_t):
+    if alpha_t is not None:
+        _req(alpha_t.numel() == 1, f"progan_fast.{op}: alpha_t must hold one element, got {tuple(alpha_t.shape)}")
+
+
+def _v_half(op, hi, lo):
+    _v_4d(op, "hi", hi)
+    _v_4d(op, "lo", lo)
+    n, c, h, w = hi.shape
+    _req(h % 2 == 0 and w % 2 == 0 and tuple(lo.shape) == (n, c, h // 2, w // 2),
+         f"progan_fast.{op}: lo must be hi at half resolution; got {tuple(hi.shape)} and {tuple(lo.shape)}")
+
+
+def _v_group(op, x, group_size):
+    _v_4d(op, "x", x)
+    g = min(group_size, x.shape[0])
+    _req(g >= 1 and x.shape[0] % g == 0,
+         f"progan_fast.{op}: batch {x.shape[0]} is not divisible by the group size {g}")
+
+
+def _no_alpha_grad(op, ctx, idx):
+    if ctx.needs_input_grad[idx]:
+        raise RuntimeError(f"progan_fast.{op}: no gradient with respect to alpha (detach it)")
+
+
+def _reduce_bias(dx, dim, b):
+    dims = [d for d in range(dx.dim()) if d != dim]
+    return torch.sum(dx, dim=dims, dtype=torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
+
+
+# ----------------------------------------------------------------------------- definitions
+
+def define_ops(namespace: str, kernels: KernelSet):
+    """Define all progan_fast operators in `namespace` on top of `kernels`; returns the
+    `torch.ops.<namespace>` object. Idempotent per namespace."""
+    if namespace in _defined:
+        return _defined[namespace]
+    lib_ops = getattr(torch.ops, namespace)
+    k = kernels
+
+    def op(name, fake):
+        def deco(fn):
+            o = torch.library.custom_op(f"{namespace}::{name}", fn, mutates_args=())
+            o.register_fake(fake)
+            return o
+        return deco
+
+    # --- bias_act ------------------------------------------------------------
+    def bias_act_fake(x, b, act, slope, gain, dim):
+        _v_act("bias_act", act)
+        _req(0 <= dim < x.dim(), f"progan_fast.bias_act: dim {dim} out of range for {x.dim()}-D input")
+        _v_bias("bias_act", x, b, dim)
+        return torch.empty_like(x)
+
+    @op("bias_act", bias_act_fake)
+    def bias_act(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float, dim: int) -> Tensor:
+        bias_act_fake(x, b, act, slope, gain, dim)
+        return k.bias_act(x, b, act, slope, gain, dim)
+
+    def bias_act_grad_fake(dy, y, act, slope, gain):
+        _v_act("bias_act_grad", act)
+        _req(y is not None or act == "linear", "progan_fast.bias_act_grad: y is required unless act='linear'")
+        if y is not None:
+            _req(y.shape == dy.shape, f"progan_fast.bias_act_grad: dy {tuple(dy.shape)} vs y {tuple(y.shape)}")
+        return torch.empty_like(dy)
+
+    @op("bias_act_grad", bias_act_grad_fake)
+    def bias_act_grad(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float) -> Tensor:
+        bias_act_grad_fake(dy, y, act, slope, gain)
+        return k.bias_act_grad(dy, y, act, slope, gain)
+
+    def bias_act_setup(ctx, inputs, output):
+        x, b, act, slope, gain, dim = inputs
+        ctx.save_for_backward(output if act != "linear" else None, b)
+        ctx.args = (act, slope, gain, dim)
+
+    def bias_act_bwd(ctx, g):
+        y, b = ctx.saved_tensors
+        act, slope, gain, dim = ctx.args
+        dx = lib_ops.bias_act_grad(g, y, act, slope, gain)
+        db = _reduce_bias(dx, dim, b) if ctx.needs_input_grad[1] else None
+        return dx, db, None, None, None, None
+
+    bias_act.register_autograd(bias_act_bwd, setup_context=bias_act_setup)
+
+    def bias_act_grad_setup(ctx, inputs, output):
+        dy, y, act, slope, gain = inputs
+        ctx.save_for_backward(y)
+        ctx.args = (act, slope, gain)
+
+    def bias_act_grad_bwd(ctx, gg):
+        (y,) = ctx.saved_tensors
+        # Linear in dy; the derivative with respect to y (a step function of y) is 0 a.e.
+        return lib_ops.bias_act_grad(gg, y, *ctx.args), None, None, None, None
+
+    bias_act_grad.register_autograd(bias_act_grad_bwd, setup_context=bias_act_grad_setup)
+
+    # --- pixel_norm -----------------------------------------------------------
+    def pixel_norm_fake(x, eps, dim):
+        _req(0 <= dim < x.dim(), f"progan_fast.pixel_norm: dim {dim} out of range for {x.dim()}-D input")
+        return torch.empty_like(x)
+
+    @op("pixel_norm", pixel_norm_fake)
+    def pixel_norm(x: Tensor, eps: float, dim: int) -> Tensor:
+        pixel_norm_fake(x, eps, dim)
+        return k.pixel_norm(x, eps, dim)
+
+    def pixel_norm_grad_fake(dy, x, eps, dim):
+        _v_same("pixel_norm_grad", dy, x, "dy/x shape")
+        return torch.empty_like(x)
+
+    @op("pixel_norm_grad", pixel_norm_grad_fake)
+    def pixel_norm_grad(dy: Tensor, x: Tensor, eps: float, dim: int) -> Tensor:
+        pixel_norm_grad_fake(dy, x, eps, dim)
+        return k.pixel_norm_grad(dy, x, eps, dim)
+
+    def pixel_norm_setup(ctx, inputs, output):
+        x, eps, dim = inputs
+        ctx.save_for_backward(x)
+        ctx.args = (eps, dim)
+
+    def pixel_norm_bwd(ctx, g):
+        (x,) = ctx.saved_tensors
+        return lib_ops.pixel_norm_grad(g, x, *ctx.args), None, None
+
+    pixel_norm.register_autograd(pixel_norm_bwd, setup_context=pixel_norm_setup)
+
+    def pixel_norm_grad_setup(ctx, inputs, output):
+        dy, x, eps, dim = inputs
+        ctx.save_for_backward(dy, x)
+        ctx.args = (eps, dim)
+
+    def pixel_norm_grad_bwd(ctx, v):
+        dy, x = ctx.saved_tensors
+        eps, dim = ctx.args
+        d_dy = lib_ops.pixel_norm_grad(v, x, eps, dim) if ctx.needs_input_grad[0] else None  # J symmetric
+        d_x = None
+        if ctx.needs_input_grad[1]:
+            d_x = so.pn_hess(so._acc(dy), so._acc(v), so._acc(x), dim, eps).to(x.dtype)
+        return d_dy, d_x, None, None
+
+    pixel_norm_grad.register_autograd(pixel_norm_grad_bwd, setup_context=pixel_norm_grad_setup)
+
+    # --- bias_act_pixel_norm (G's conv epilogue) --------------------------------
+    def bapn_fake(x, b, act, slope, gain, eps):
+        _v_4d("bias_act_pixel_norm", "x", x)
+        _v_act("bias_act_pixel_norm", act)
+        _v_bias("bias_act_pixel_norm", x, b, 1)
+        return torch.empty_like(x)
+
+    @op("bias_act_pixel_norm", bapn_fake)
+    def bias_act_pixel_norm(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float,
+                            eps: float) -> Tensor:
+        bapn_fake(x, b, act, slope, gain, eps)
+        return k.bias_act_pixel_norm(x, b, act, slope, gain, eps)
+
+    def bapn_grad_fake(dy, x, b, act, slope, gain, eps):
+        _v_same("bias_act_pixel_norm_grad", dy, x, "dy/x shape")
+        bapn_fake(x, b, act, slope, gain, eps)
+        return torch.empty_like(x)
+
+    @op("bias_act_pixel_norm_grad", bapn_grad_fake)
+    def bias_act_pixel_norm_grad(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
+                                 gain: float, eps: float) -> Tensor:
+        bapn_grad_fake(dy, x, b, act, slope, gain, eps)
+        return k.bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps)
+
+    def bapn_setup(ctx, inputs, output):
+        x, b, act, slope, gain, eps = inputs
+        ctx.save_for_backward(x, b)
+        ctx.args = (act, slope, gain, eps)
+
+    def bapn_bwd(ctx, g):
+        x, b = ctx.saved_tensors
+        dx = lib_ops.bias_act_pixel_norm_grad(g, x, b, *ctx.args)
+        db = _reduce_bias(dx, 1, b) if ctx.needs_input_grad[1] else None
+        return dx, db, None, None, None, None
+
+    bias_act_pixel_norm.register_autograd(bapn_bwd, setup_context=bapn_setup)
+
+    def bapn_grad_setup(ctx, inputs, output):
+        dy, x, b, act, slope, gain, eps = inputs
+        ctx.save_for_backward(dy, x, b)
+        ctx.args = (act, slope, gain, eps)
+
+    def bapn_grad_bwd(ctx, v):
+        # dx = gain * a * J(z) dy with z = gain * act(x + b), a = act'(x + b) piecewise constant.
+        dy, x, b = ctx.saved_tensors
+        act, slope, gain, eps = ctx.args
+        z, a = so.act_parts(x, b, act, slope, gain)
+        wv = gain * a * so._acc(v)
+        d_dy = so.pn_jvp(wv, z, 1, eps).to(dy.dtype)
+        d_u = gain * a * so.pn_hess(so._acc(dy), wv, z, 1, eps)
+        d_b = _reduce_bias(d_u, 1, b) if b is not None and ctx.needs_input_grad[2] else None
+        return d_dy, d_u.to(x.dtype), d_b, None, None, None, None
+
+    bias_act_pixel_norm_grad.register_autograd(bapn_grad_bwd, setup_context=bapn_grad_setup)
+
+    # --- minibatch_stddev ---------------------------------------------------------
+    def mbstd_fake(x, group_size, eps):
+        _v_group("minibatch_stddev", x, group_size)
+        n, c, h, w = x.shape
+        return empty_4d((n, c + 1, h, w), x)
+
+    @op("minibatch_stddev", mbstd_fake)
+    def minibatch_stddev(x: Tensor, group_size: int, eps: float) -> Tensor:
+        mbstd_fake(x, group_size, eps)
+        return k.minibatch_stddev(x, group_size, eps)
+
+    def mbstd_grad_fake(dy, x, group_size, eps):
+        _v_group("minibatch_stddev_grad", x, group_size)
+        n, c, h, w = x.shape
+        _req(tuple(dy.shape) == (n, c + 1, h, w),
+             f"progan_fast.minibatch_stddev_grad: dy must be {(n, c + 1, h, w)}, got {tuple(dy.shape)}")
+        return torch.empty_like(x)
+
+    @op("minibatch_stddev_grad", mbstd_grad_fake)
+    def minibatch_stddev_grad(dy: Tensor, x: Tensor, group_size: int, eps: float) -> Tensor:
+        mbstd_grad_fake(dy, x, group_size, eps)
+        return k.minibatch_stddev_grad(dy, x, group_size, eps)
+
+    def mbstd_setup(ctx, inputs, output):
+        x, group_size, eps = inputs
+        ctx.save_for_backward(x)
+        ctx.args = (group_size, eps)
+
+    def mbstd_bwd(ctx, g):
+        (x,) = ctx.saved_tensors
+        return lib_ops.minibatch_stddev_grad(g, x, *ctx.args), None, None
+
+    minibatch_stddev.register_autograd(mbstd_bwd, setup_context=mbstd_setup)
+
+    def mbstd_grad_setup(ctx, inputs, output):
+        dy, x, group_size, eps = inputs
+        ctx.save_for_backward(dy, x)
+        ctx.args = (group_size, eps)
+
+    def mbstd_grad_bwd(ctx, v):
+        dy, x = ctx.saved_tensors
+        d_dy, d_x = so.minibatch_stddev_grad_backward(v, dy, x, *ctx.args)
+        return d_dy, d_x, None, None
+
+    minibatch_stddev_grad.register_autograd(mbstd_grad_bwd, setup_context=mbstd_grad_setup)
+
+    # --- lerp ---------------------------------------------------------------------
+    def lerp_fake(a, b, alpha_t, alpha):
+        _v_same("lerp", a, b)
+        _v_alpha("lerp", alpha_t)
+        return torch.empty_like(a)
+
+    @op("lerp", lerp_fake)
+    def lerp(a: Tensor, b: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
+        lerp_fake(a, b, alpha_t, alpha)
+        return k.lerp(a, b, alpha_t, alpha)
+
+    def lerp_grad_fake(g, alpha_t, alpha):
+        _v_alpha("lerp_grad", alpha_t)
+        return torch.empty_like(g), torch.empty_like(g)
+
+    @op("lerp_grad", lerp_grad_fake)
+    def lerp_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
+        lerp_grad_fake(g, alpha_t, alpha)
+        return k.lerp_grad(g, alpha_t, alpha)
+
+    def alpha_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[-2])
+        ctx.alpha = inputs[-1]
+
+    def lerp_bwd(ctx, g):
+        _no_alpha_grad("lerp", ctx, 2)
+        (alpha_t,) = ctx.saved_tensors
+        da, db = lib_ops.lerp_grad(g, alpha_t, ctx.alpha)
+        return da, db, None, None
+
+    lerp.register_autograd(lerp_bwd, setup_context=alpha_setup)
+
+    def lerp_grad_bwd(ctx, gda, gdb):
+        _no_alpha_grad("lerp_grad", ctx, 1)
+        (alpha_t,) = ctx.saved_tensors
+        return lib_ops.lerp(gda, gdb, alpha_t, ctx.alpha), None, None
+
+    lerp_grad.register_autograd(lerp_grad_bwd, setup_context=alpha_setup)
+
+    # --- upsample_blend (G's fade-in) -------------------------------------------------
+    def ub_fake(hi, lo, alpha_t, alpha):
+        _v_half("upsample_blend", hi, lo)
+        _req(hi.dtype == lo.dtype, f"progan_fast.upsample_blend: hi is {hi.dtype} but lo is {lo.dtype}")
+        _v_alpha("upsample_blend", alpha_t)
+        return torch.empty_like(hi)
+
+    @op("upsample_blend", ub_fake)
+    def upsample_blend(hi: Tensor, lo: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
+        ub_fake(hi, lo, alpha_t, alpha)
+        return k.upsample_blend(hi, lo, alpha_t, alpha)
+
+    def ub_grad_fake(g, alpha_t, alpha):
+        _v_4d("upsample_blend_grad", "g", g)
+        _v_alpha("upsample_blend_grad", alpha_t)
+        n, c, h, w = g.shape
+        return torch.empty_like(g), empty_4d((n, c, h // 2, w // 2), g)
+
+    @op("upsample_blend_grad", ub_grad_fake)
+    def upsample_blend_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
+        ub_grad_fake(g, alpha_t, alpha)
+        return k.upsample_blend_grad(g, alpha_t, alpha)
+
+    def ub_bwd(ctx, g):
+        _no_alpha_grad("upsample_blend", ctx, 2)
+        (alpha_t,) = ctx.saved_tensors
+        dhi, dlo = lib_ops.upsample_blend_grad(g, alpha_t, ctx.alpha)
+        return dhi, dlo, None, None
+
+    upsample_blend.register_autograd(ub_bwd, setup_context=alpha_setup)
+
+    def ub_grad_bwd(ctx, gdhi, gdlo):
+        _no_alpha_grad("upsample_blend_grad", ctx, 1)
+        (alpha_t,) = ctx.saved_tensors
+        return lib_ops.upsample_blend(gdhi, gdlo, alpha_t, ctx.alpha), None, None
+
+    upsample_blend_grad.register_autograd(ub_grad_bwd, setup_context=alpha_setup)
+
+    # --- fade_reals (self-adjoint) ------------------------------------------------------
+    def fade_fake(x, alpha_t, alpha):
+        _v_4d("fade_reals", "x", x)
+        _req(x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0,
+             f"progan_fast.fade_reals: H and W must be even, got {tuple(x.shape)}")
+        _v_alpha("fade_reals", alpha_t)
+        return torch.empty_like(x)
+
+    @op("fade_reals", fade_fake)
+    def fade_reals(x: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
+        fade_fake(x, alpha_t, alpha)
+        return k.fade_reals(x, alpha_t, alpha)
+
+    def fade_bwd(ctx, g):
+        _no_alpha_grad("fade_reals", ctx, 1)
+        (alpha_t,) = ctx.saved_tensors
+        return lib_ops.fade_reals(g, alpha_t, ctx.alpha), None, None
+
+    fade_reals.register_autograd(fade_bwd, setup_context=alpha_setup)
+
+    # --- downsample2x <-> downsample2x_grad (adjoint pair) ------------------------------------
+    def down_fake(x):
+        _v_4d("downsample2x", "x", x)
+        n, c, h, w = x.shape
+        _req(h % 2 == 0 and w % 2 == 0, f"progan_fast.downsample2x: H and W must be even, got {tuple(x.shape)}")
+        return empty_4d((n, c, h // 2, w // 2), x)
+
+    @op("downsample2x", down_fake)
+    def downsample2x(x: Tensor) -> Tensor:
+        down_fake(x)
+        return k.downsample2x(x)
+
+    def down_grad_fake(g):
+        _v_4d("downsample2x_grad", "g", g)
+        n, c, h, w = g.shape
+        return empty_4d((n, c, h * 2, w * 2), g)
+
+    @op("downsample2x_grad", down_grad_fake)
+    def downsample2x_grad(g: Tensor) -> Tensor:
+        down_grad_fake(g)
+        return k.downsample2x_grad(g)
+
+    downsample2x.register_autograd(lambda ctx, g: lib_ops.downsample2x_grad(g))
+    downsample2x_grad.register_autograd(lambda ctx, v: lib_ops.downsample2x(v))
+
+    _defined[namespace] = lib_ops
+    return lib_ops
+
+
+def split_alpha(alpha):
+    """Public `alpha` (float or 0-d tensor) -> the (alpha_t, alpha) pair of the schemas."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha.reshape(()), 0.0
+    return None, float(alpha)
+
+
+__all__ = ["define_ops", "KernelSet", "split_alpha", "ACTS"]

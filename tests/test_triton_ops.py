@@ -1,0 +1,358 @@
+"""Triton backend vs the plain-PyTorch reference: forward, backward, double backward, gradcheck,
+a WGAN-GP penalty through a tiny D, bad input, torch.compile.
+
+Without CUDA the kernels run under TRITON_INTERPRET=1 on CPU tensors (tiny shapes: the interpreter
+is slow); with CUDA the same tests run on the GPU kernels.
+"""
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from progan_fast import ops  # noqa: E402
+from progan_fast.ops import reference  # noqa: E402
+
+triton_backend = pytest.importorskip("progan_fast.triton")
+from progan_fast.triton import launchers  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
+       torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2), torch.float64: dict(rtol=1e-5, atol=1e-5)}
+# Second-order terms pass through more roundings to storage precision.
+TOL2 = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
+        torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["nchw", "nhwc"]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Both backends run the same convolutions; with TF32 a 1-ulp difference in a fused epilogue's
+    output can flip the TF32 rounding of the next conv's input. Compare at full fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def rand(*shape, dtype=torch.float32, layout="nchw", scale=1.0):
+    t = torch.randn(*shape, device=DEVICE) * scale
+    if layout == "nhwc" and t.dim() == 4:
+        t = t.to(memory_format=torch.channels_last)
+    return t.to(dtype)
+
+
+def rand_groups(n, c, h, w, dtype, layout, group_size=4):
+    """Samples whose strided groups are not nearly equal: the stddev's 1/sigma^3 second-order
+    term is ill-conditioned when two members of a group almost coincide (true of the function)."""
+    g = min(group_size, n)
+    offset = (torch.arange(n, device=DEVICE) // (n // g)).float().reshape(n, 1, 1, 1) * 1.5
+    t = torch.randn(n, c, h, w, device=DEVICE) + offset
+    if layout == "nhwc":
+        t = t.to(memory_format=torch.channels_last)
+    return t.to(dtype)
+
+
+# ----------------------------------------------------------------------------- op cases
+# Each case: (name, fn(impl, *tensors) -> output, make(dtype, layout) -> tensors, n_differentiable).
+
+def _alpha_t():
+    return torch.rand((), device=DEVICE)
+
+
+CASES = {
+    "bias_act_lrelu_4d": (lambda i, x, b: ops.bias_act(x, b, act="lrelu", gain=math.sqrt(2), impl=i),
+                          lambda dt, lo: (rand(3, 5, 3, 2, dtype=dt, layout=lo), rand(5, dtype=dt))),
+    "bias_act_lrelu_neg_gain_1x1": (lambda i, x, b: ops.bias_act(x, b, act="lrelu", gain=-0.7, impl=i),
+                                    lambda dt, lo: (rand(6, 7, 1, 1, dtype=dt, layout=lo), rand(7, dtype=dt))),
+    "bias_act_relu_dim2": (lambda i, x, b: ops.bias_act(x, b, act="relu", gain=1.3, dim=2, impl=i),
+                           lambda dt, lo: (rand(3, 5, 4, 3, dtype=dt, layout=lo), rand(4, dtype=dt))),
+    "bias_act_linear_2d": (lambda i, x, b: ops.bias_act(x, b, act="linear", gain=0.5, impl=i),
+                           lambda dt, lo: (rand(3, 7, dtype=dt), rand(7, dtype=torch.float32))),
+    "bias_act_lrelu_2d_dim0_nobias": (lambda i, x: ops.bias_act(x, None, act="lrelu", dim=0, impl=i),
+                                      lambda dt, lo: (rand(5, 3, dtype=dt),)),
+    "bias_act_pixel_norm": (lambda i, x, b: ops.bias_act_pixel_norm(x, b, gain=math.sqrt(2), impl=i),
+                            lambda dt, lo: (rand(3, 5, 2, 3, dtype=dt, layout=lo), rand(5, dtype=dt))),
+    "bias_act_pixel_norm_relu_1x1": (lambda i, x: ops.bias_act_pixel_norm(x, None, act="relu", impl=i),
+                                     lambda dt, lo: (rand(3, 7, 1, 1, dtype=dt, layout=lo),)),
+    "pixel_norm_4d": (lambda i, x: ops.pixel_norm(x, impl=i),
+                      lambda dt, lo: (rand(3, 5, 2, 3, dtype=dt, layout=lo),)),
+    "pixel_norm_latent_2d": (lambda i, x: ops.pixel_norm(x, impl=i), lambda dt, lo: (rand(3, 9, dtype=dt),)),
+    "pixel_norm_dim3": (lambda i, x: ops.pixel_norm(x, dim=3, impl=i),
+                        lambda dt, lo: (rand(2, 3, 2, 5, dtype=dt, layout=lo),)),
+    "minibatch_stddev": (lambda i, x: ops.minibatch_stddev(x, impl=i),
+                         lambda dt, lo: (rand_groups(8, 3, 2, 3, dt, lo),)),
+    "minibatch_stddev_n3_1x1": (lambda i, x: ops.minibatch_stddev(x, impl=i),
+                                lambda dt, lo: (rand_groups(3, 5, 1, 1, dt, lo),)),
+    "minibatch_stddev_g2_n6": (lambda i, x: ops.minibatch_stddev(x, group_size=2, impl=i),
+                               lambda dt, lo: (rand_groups(6, 3, 2, 2, dt, lo, group_size=2),)),
+    "upsample_blend": (lambda i, hi, lo: ops.upsample_blend(hi, lo, 0.3, impl=i),
+                       lambda dt, lo: (rand(3, 5, 4, 2, dtype=dt, layout=lo), rand(3, 5, 2, 1, dtype=dt, layout=lo))),
+    "upsample_blend_alpha_tensor": (lambda i, hi, lo, a: ops.upsample_blend(hi, lo, a, impl=i),
+                                    lambda dt, lo: (rand(3, 3, 2, 4, dtype=dt, layout=lo),
+                                                    rand(3, 3, 1, 2, dtype=dt, layout=lo), _alpha_t()), 2),
+    "fade_reals": (lambda i, x, a: ops.fade_reals(x, a, impl=i),
+                   lambda dt, lo: (rand(3, 3, 4, 2, dtype=dt, layout=lo), _alpha_t()), 1),
+    "lerp": (lambda i, a, b: ops.lerp(a, b, 0.6, impl=i),
+             lambda dt, lo: (rand(3, 5, 2, 3, dtype=dt, layout=lo), rand(3, 5, 2, 3, dtype=dt, layout=lo))),
+    "lerp_alpha_tensor_2d": (lambda i, a, b, t: ops.lerp(a, b, t, impl=i),
+                             lambda dt, lo: (rand(3, 5, dtype=dt), rand(3, 5, dtype=dt), _alpha_t()), 2),
+    "downsample2x": (lambda i, x: ops.downsample2x(x, impl=i),
+                     lambda dt, lo: (rand(3, 5, 2, 4, dtype=dt, layout=lo),)),
+    "eq_conv2d": (lambda i, x, w, b: ops.eq_conv2d(x, w, b, impl=i),
+                  lambda dt, lo: (rand(3, 3, 4, 4, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
+    "eq_conv2d_pixel_norm_up": (lambda i, x, w, b: ops.eq_conv2d(x, w, b, pixel_norm=True, up=True, fused_scale=True, impl=i),
+                                lambda dt, lo: (rand(3, 3, 2, 2, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
+    "eq_conv2d_down": (lambda i, x, w, b: ops.eq_conv2d(x, w, b, down=True, impl=i),
+                       lambda dt, lo: (rand(3, 3, 4, 4, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
+}
+TWO_D = {"bias_act_linear_2d", "bias_act_lrelu_2d_dim0_nobias", "pixel_norm_latent_2d", "lerp_alpha_tensor_2d"}
+
+
+def _case(name):
+    fn, make, *rest = CASES[name]
+    return fn, make, (rest[0] if rest else None)
+
+
+def _grads(outs, inputs, grad_outs, create_graph=False):
+    gs = torch.autograd.grad(outs, inputs, grad_outs, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, inputs)]
+
+
+def _close(actual, expected, tol, what, normwise=False):
+    if normwise:  # GEMM-like reductions: judge the error relative to the whole tensor
+        err = (actual.float() - expected.float()).norm() / expected.float().norm().clamp_min(1e-30)
+        assert err <= tol["rtol"], f"{what}: normwise relative error {err:.3g} > {tol['rtol']}"
+        return
+    torch.testing.assert_close(actual.float(), expected.float(), **tol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(name, dtype, layout):
+    """Forward, backward and double backward vs the reference on fresh random inputs."""
+    if layout == "nhwc" and name in TWO_D:
+        pytest.skip("2-D input has no channels_last form")
+    fn, make, n_diff = _case(name)
+    tensors = make(dtype, layout)
+    n_diff = len(tensors) if n_diff is None else n_diff
+    leaves = {impl: [t.detach().clone().requires_grad_(k < n_diff) for k, t in enumerate(tensors)]
+              for impl in ("triton", "ref")}
+    out = {impl: fn(impl, *leaves[impl]) for impl in leaves}
+    _close(out["triton"], out["ref"], TOL[dtype], "forward")
+    assert out["triton"].shape == out["ref"].shape
+    if layout == "nhwc" and out["ref"].dim() == 4:
+        assert out["triton"].stride() == out["ref"].stride() or \
+            out["triton"].is_contiguous(memory_format=torch.channels_last)
+
+    g = {impl: torch.randn_like(out["ref"]) for impl in leaves}
+    g["ref"] = g["triton"].detach().clone()
+    for impl in leaves:
+        g[impl].requires_grad_()
+    diff = {impl: leaves[impl][:n_diff] for impl in leaves}
+    first = {impl: _grads(out[impl], diff[impl], g[impl], create_graph=True) for impl in leaves}
+    # In fp16/bf16 the convolution's own backward (a low-precision reduction, the same torch call
+    # in both backends) amplifies 1-ulp differences of the epilogue's gradient: compare normwise.
+    conv_lp = name.startswith("eq_conv2d") and dtype != torch.float32
+    for k, (a, e) in enumerate(zip(first["triton"], first["ref"])):
+        # A bias gradient is a sum of dx already rounded to storage precision (as in every fused
+        # bias_act); the reference sums before rounding: allow the sqrt(n)-ulp gap in fp16/bf16.
+        _close(a, e, (TOL2 if a.dim() == 1 and dtype != torch.float32 else TOL)[dtype], f"grad of input {k}",
+               normwise=conv_lp)
+
+    # Double backward: d/d(inputs, upstream grad) of <first-order grads, v> (what the WGAN-GP
+    # penalty needs: the upstream gradient of an op inside D depends on D's parameters).
+    vs = [torch.randn_like(t) for t in first["ref"]]
+    second = {}
+    for impl in leaves:
+        s = sum((gr.float() * v.float()).sum() for gr, v in zip(first[impl], vs) if gr.requires_grad)
+        if not isinstance(s, torch.Tensor):
+            return  # every first-order grad is constant (linear op with no upstream dependence)
+        second[impl] = _grads(s, diff[impl] + [g[impl]], None)
+    for k, (a, e) in enumerate(zip(second["triton"], second["ref"])):
+        _close(a, e, TOL2[dtype], f"double-backward grad of input {k}", normwise=conv_lp)
+
+
+# ----------------------------------------------------------------------------- gradcheck in float64
+
+F64 = dict(dtype=torch.float64, device=DEVICE)
+GRADCHECK = {
+    "bias_act": (lambda x, b: triton_backend.bias_act(x, b, act="lrelu", gain=1.3), lambda: [
+        torch.randn(2, 3, 2, 1, **F64), torch.randn(3, **F64)]),
+    "bias_act_pixel_norm": (lambda x, b: triton_backend.bias_act_pixel_norm(x, b, gain=1.4), lambda: [
+        torch.randn(2, 3, 1, 2, **F64), torch.randn(3, **F64)]),
+    "pixel_norm_2d": (lambda x: triton_backend.pixel_norm(x), lambda: [torch.randn(3, 4, **F64)]),
+    "minibatch_stddev": (lambda x: triton_backend.minibatch_stddev(x, group_size=2), lambda: [
+        torch.randn(4, 2, 1, 2, **F64)]),
+    "upsample_blend": (lambda hi, lo: triton_backend.upsample_blend(hi, lo, 0.4), lambda: [
+        torch.randn(1, 2, 2, 2, **F64), torch.randn(1, 2, 1, 1, **F64)]),
+    "fade_reals": (lambda x: triton_backend.fade_reals(x, 0.3), lambda: [torch.randn(1, 2, 2, 4, **F64)]),
+    "lerp": (lambda a, b: triton_backend.lerp(a, b, torch.tensor(0.7, **F64)), lambda: [
+        torch.randn(2, 3, **F64), torch.randn(2, 3, **F64)]),
+    "downsample2x": (lambda x: triton_backend.downsample2x(x), lambda: [torch.randn(1, 2, 2, 4, **F64)]),
+}
+
+
+@pytest.mark.parametrize("name", list(GRADCHECK))
+def test_gradcheck_float64(name):
+    fn, make = GRADCHECK[name]
+    inputs = [t.requires_grad_() for t in make()]
+    if name.startswith(("bias_act", "pixel_norm")):
+        with torch.no_grad():  # keep away from the lrelu kink, where finite differences are meaningless
+            inputs[0].add_(inputs[0].sign() * 0.2)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+# ----------------------------------------------------------------------------- strides and tiling
+
+def test_expanded_grad_and_sliced_input():
+    """Gradients that are broadcast views (x.sum().backward()) and non-contiguous inputs."""
+    base = rand(3, 10, 2, 4)
+    x = base[:, ::2].detach().requires_grad_()  # channel slice: not dense
+    xr = x.detach().clone().requires_grad_()
+    ops.bias_act_pixel_norm(x, None, impl="triton").sum().backward()
+    ops.bias_act_pixel_norm(xr, None, impl="ref").sum().backward()
+    _close(x.grad, xr.grad, TOL[torch.float32], "pixel norm grad")
+    for fn in (lambda t, i: ops.downsample2x(t, impl=i), lambda t, i: ops.minibatch_stddev(t, impl=i),
+               lambda t, i: ops.bias_act(t, None, impl=i)):
+        x = base[:, ::2].detach().requires_grad_()
+        xr = x.detach().clone().requires_grad_()
+        fn(x, "triton").sum().backward()
+        fn(xr, "ref").sum().backward()
+        _close(x.grad, xr.grad, TOL[torch.float32], "grad from an expanded upstream gradient")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pixel_norm_channel_loop(monkeypatch, layout):
+    """Channel counts above the register tile take the two-pass chunked path."""
+    monkeypatch.setattr(launchers, "PN_MAX_ONE_CHUNK", 4)
+    monkeypatch.setattr(launchers, "PN_CHUNK", 4)
+    x = rand(3, 11, 2, 3, layout=layout).requires_grad_()
+    b = rand(11).requires_grad_()
+    y = ops.bias_act_pixel_norm(x, b, gain=1.2, impl="triton")
+    yr = ops.bias_act_pixel_norm(x, b, gain=1.2, impl="ref")
+    _close(y, yr, TOL[torch.float32], "forward")
+    g = torch.randn_like(y)
+    for a, e in zip(torch.autograd.grad(y, (x, b), g), torch.autograd.grad(yr, (x, b), g)):
+        _close(a, e, TOL[torch.float32], "backward")
+
+
+# ----------------------------------------------------------------------------- a tiny D and WGAN-GP
+
+def _tiny_d(params, x, alpha, impl):
+    """fromRGB / conv / conv+down block, fade-in lerp with the downsampled path, minibatch stddev,
+    conv 3x3, conv 4x4 (valid), dense: the structure of PGGAN's D at 8x8 during a fade."""
+    w_rgb, b_rgb, w_rgb_old, b_rgb_old, w1, b1, w2, b2, w3, b3, w4, b4, wd, bd = params
+    new = ops.eq_conv2d(x, w_rgb, b_rgb, impl=impl)
+    new = ops.eq_conv2d(new, w1, b1, impl=impl)
+    new = ops.eq_conv2d(new, w2, b2, down=True, impl=impl)
+    old = ops.eq_conv2d(ops.downsample2x(x, impl=impl), w_rgb_old, b_rgb_old, impl=impl)
+    h = ops.lerp(old, new, alpha, impl=impl)
+    h = ops.minibatch_stddev(h, impl=impl)
+    h = ops.eq_conv2d(h, w3, b3, impl=impl)
+    h = ops.eq_conv2d(h, w4, b4, impl=impl).flatten(1)
+    out = h @ (wd * (1 / math.sqrt(wd.shape[1]))).t()
+    return ops.bias_act(out, bd, act="linear", impl=impl)
+
+
+def test_tiny_d_wgan_gp_penalty_matches_reference():
+    c = 5
+    shapes = [(c, 3, 1, 1), (c,), (c, 3, 1, 1), (c,), (c, c, 3, 3), (c,), (c, c, 3, 3), (c,),
+              (c, c + 1, 3, 3), (c,), (4, c, 4, 4), (4,), (1, 4), (1,)]
+    params = [torch.randn(s, device=DEVICE) for s in shapes]
+    real, fake = torch.randn(4, 3, 8, 8, device=DEVICE), torch.randn(4, 3, 8, 8, device=DEVICE)
+    mix = torch.rand(4, 1, 1, 1, device=DEVICE)
+    alpha = torch.tensor(0.35, device=DEVICE)
+    grads = {}
+    for impl in ("triton", "ref"):
+        ps = [p.detach().clone().requires_grad_() for p in params]
+        x_hat = (real + (fake - real) * mix).requires_grad_()
+        score = _tiny_d(ps, x_hat, alpha, impl)
+        (gx,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+        penalty = (gx.flatten(1).norm(dim=1) - 1).square().mean() * 10 + score.square().mean() * 1e-3
+        grads[impl] = torch.autograd.grad(penalty, ps)
+    for k, (a, e) in enumerate(zip(grads["triton"], grads["ref"])):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=lambda m: f"param {k}: {m}")
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_bad_input_errors():
+    x = rand(6, 3, 2, 2)
+    with pytest.raises(ValueError, match="not divisible"):
+        ops.minibatch_stddev(x, impl="triton")
+    with pytest.raises(ValueError, match="not divisible"):
+        torch.ops.progan_fast.minibatch_stddev(x, 4, 1e-8)
+    with pytest.raises(ValueError, match="4-D"):
+        ops.minibatch_stddev(rand(4, 3, 2), impl="triton")
+    with pytest.raises(ValueError, match="4-D"):
+        torch.ops.progan_fast.downsample2x(rand(4, 3, 2))
+    with pytest.raises(ValueError, match="must match"):
+        ops.lerp(x, x.half(), 0.5, impl="triton")
+    with pytest.raises(ValueError, match="mismatch"):
+        torch.ops.progan_fast.lerp(x, x.half(), None, 0.5)
+    with pytest.raises(ValueError, match="elements"):
+        torch.ops.progan_fast.bias_act(x, rand(4), "lrelu", 0.2, 1.0, 1)
+    with pytest.raises(ValueError, match="is on meta"):
+        ops.bias_act(x, torch.zeros(3, device="meta"), impl="triton")
+    with pytest.raises(ValueError, match="half resolution"):
+        torch.ops.progan_fast.upsample_blend(rand(2, 3, 4, 4), rand(2, 3, 3, 2), None, 0.5)
+
+
+def test_alpha_grad_is_refused():
+    a, b = rand(2, 3).requires_grad_(), rand(2, 3)
+    alpha = torch.tensor(0.5, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="alpha"):
+        ops.lerp(a, b, alpha, impl="triton").sum().backward()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU-only behaviour")
+def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        torch.ops.progan_fast.downsample2x(torch.randn(1, 1, 2, 2))
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+def _compiled_fn(x, b, lo, alpha):
+    y = ops.bias_act(x, b, gain=math.sqrt(2), impl="triton")
+    y = ops.pixel_norm(y, impl="triton")
+    y = ops.upsample_blend(y, lo, alpha, impl="triton")
+    y = ops.lerp(y, ops.fade_reals(y, alpha, impl="triton"), alpha, impl="triton")
+    return ops.minibatch_stddev(ops.downsample2x(y, impl="triton"), impl="triton")
+
+
+def _check_compile(backend):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    fn = torch.compile(_compiled_fn, fullgraph=True, backend=backend)
+    x, b, lo = rand(4, 3, 4, 4).requires_grad_(), rand(3).requires_grad_(), rand(4, 3, 2, 2)
+    for value in (0.25, 0.75):  # a new alpha value must not recompile: it is a tensor
+        alpha = torch.tensor(value, device=DEVICE)
+        out = fn(x, b, lo, alpha)
+        ref = _compiled_fn(x, b, lo, alpha)
+        _close(out, ref, TOL[torch.float32], "compiled forward")
+        g = torch.randn_like(out)
+        for a, e in zip(torch.autograd.grad(out, (x, b), g), torch.autograd.grad(ref, (x, b), g)):
+            _close(a, e, TOL[torch.float32], "compiled backward")
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compile_fullgraph_traces_ops():
+    """fullgraph tracing through the fake functions and the registered autograd (aot_eager: the
+    interpreter cannot run inside inductor-generated CPU code)."""
+    _check_compile("aot_eager")
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_inductor_gpu():
+    _check_compile("inductor")
