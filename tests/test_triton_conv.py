@@ -91,12 +91,15 @@ def _probe(x, w, kw):
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
-    """Backward convolutions run in cuDNN: keep fp32 there fp32 so tolerances stay tight."""
-    old = torch.backends.cudnn.allow_tf32
+def _exact_fp32_no_autotune():
+    """Backward convolutions run in cuDNN: keep fp32 there fp32 so tolerances stay tight. Autotuning
+    is off (one heuristic config per shape) except where a test turns it on: it only costs time here."""
+    old_tf32, old_flags = torch.backends.cudnn.allow_tf32, dict(conv._flags)
     torch.backends.cudnn.allow_tf32 = False
+    conv.set_autotune(False)
     yield
-    torch.backends.cudnn.allow_tf32 = old
+    torch.backends.cudnn.allow_tf32 = old_tf32
+    conv._flags.update(old_flags)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -195,10 +198,8 @@ def test_opcheck():
 def test_pggan_shapes_autotuned_gpu():
     """Realistic PGGAN layers through the autotuned kernels (bf16, channels_last)."""
     conv.set_autotune(True)
-    for spec in (dict(k=3, cin=512, cout=512, h=16, w=16, n=8, pixel_norm=True),
-                 dict(k=3, cin=512, cout=256, h=32, w=32, n=4, up=True, pixel_norm=True),
+    for spec in (dict(k=3, cin=512, cout=256, h=32, w=32, n=4, up=True, pixel_norm=True),
                  dict(k=3, cin=128, cout=256, h=64, w=64, n=4, down=True),
-                 dict(k=4, cin=512, cout=512, h=4, w=4, n=16),
                  dict(k=1, cin=64, cout=3, h=128, w=128, n=4, act="linear", gain=1.0)):
         x, w, b, kw = _make(spec, torch.bfloat16, channels_last=True)
         y = eq_conv2d_triton(x, w, b, **kw)

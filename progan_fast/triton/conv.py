@@ -245,13 +245,31 @@ def shift_sum_adjoint(g: torch.Tensor) -> torch.Tensor:
     return g[..., :-1, :-1] + g[..., 1:, :-1] + g[..., :-1, 1:] + g[..., 1:, 1:]
 
 
-def _up_phase_taps(k: int):
-    """For each output phase a in {0, 1}: the input offset of its first tap and, for each of the
-    k kernel taps, which of the KT phase taps it folds into (nearest-2x: row v reads v // 2)."""
+def _fold_lists(k: int, up: bool, down: bool):
+    """1-D fold matrices F [phases, KT, k]: kernel tap t contributes F[a, u, t] to phase a's tap u.
+    up: nearest-2x row v reads v // 2, so phase a's taps t that land on the same source row merge;
+    down: the 2x2 average makes tap u = t or t + 1 of a (k+1)-tap stride-2 kernel, weight 1/2 each."""
     p = conv_padding(k)
-    offs = [(a - p) // 2 for a in (0, 1)]
-    taps = [[(a - p + t) // 2 - offs[a] for t in range(k)] for a in (0, 1)]
-    return offs, taps, max(max(t) for t in taps) + 1
+    if up:
+        offs = [(a - p) // 2 for a in (0, 1)]
+        taps = [[(a - p + t) // 2 - offs[a] for t in range(k)] for a in (0, 1)]
+        kt = max(max(t) for t in taps) + 1
+        return [[[1.0 if taps[a][t] == u else 0.0 for t in range(k)] for u in range(kt)] for a in (0, 1)]
+    if down:
+        return [[[0.5 if u in (t, t + 1) else 0.0 for t in range(k)] for u in range(k + 1)]]
+    return None
+
+
+_fold_cache: dict = {}
+
+
+def _fold(k, up, down, device, dtype):
+    """Device-resident fold matrix, built once per (k, form, device, dtype): no per-call copies."""
+    key = (k, up, down, device, dtype)
+    f = _fold_cache.get(key)
+    if f is None:
+        f = _fold_cache[key] = torch.tensor(_fold_lists(k, up, down), device=device, dtype=dtype)
+    return f
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -260,24 +278,18 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def prepare_weight(weight: torch.Tensor, dtype: torch.dtype, up: bool, down: bool):
-    """Raw [Cout, Cin, k, k] parameter -> the kernel's [phases, KT, KT, Cin, Cout] operand (unscaled,
-    summed in fp32 where resampling folds taps, then cast to the activation dtype); returns (w, KT)."""
+    """Raw [Cout, Cin, k, k] parameter -> the kernel's [phases, KT, KT, Cin, Cout] operand: unscaled,
+    taps folded by one einsum where resampling merges them, then cast to the activation dtype.
+    Returns (w, KT)."""
     k = weight.shape[-1]
-    w = weight.detach().to(math_dtype(weight.dtype))
-    if down:
-        w = shift_sum(w) * 0.25
-        return w.permute(2, 3, 1, 0).contiguous().to(dtype).unsqueeze(0), k + 1
-    if up:
-        _, taps, kt = _up_phase_taps(k)
-        wt = w.permute(2, 3, 1, 0)
-        out = wt.new_zeros((2, 2, kt, kt) + tuple(wt.shape[2:]))
-        for a in (0, 1):
-            for b in (0, 1):
-                for t in range(k):
-                    for s in range(k):
-                        out[a, b, taps[a][t], taps[b][s]] += wt[t, s]
-        return out.reshape(4, kt, kt, *wt.shape[2:]).to(dtype).contiguous(), kt
-    return w.permute(2, 3, 1, 0).to(dtype).contiguous().unsqueeze(0), k
+    w = weight.detach()
+    if not (up or down):
+        return w.permute(2, 3, 1, 0).to(dtype).contiguous().unsqueeze(0), k
+    # fp64 so no matmul precision setting (TF32) can round the folded weights; weights are small.
+    f = _fold(k, up, down, w.device, torch.float64)
+    wf = torch.einsum("ayt,bxs,oits->abyxio", f, f, w.to(f.dtype))
+    kt = f.shape[1]
+    return wf.reshape(-1, kt, kt, *wf.shape[-2:]).to(dtype).contiguous(), kt
 
 
 _TL_ACC = {torch.float64: tl.float64}
