@@ -192,7 +192,7 @@ def _heuristic_meta(m, cin, cout, pn):
         return dict(BLOCK_M=bm, BLOCK_N=bn_pn, BLOCK_K=bk, num_warps=8 if bn_pn >= 256 else 4, num_stages=3)
     bn = min(128, bn_pn)
     bm = 128 if m >= 4096 else 64
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=8 if bm * bn >= 128 * 128 else 4, num_stages=3)
 
 
 # ----------------------------------------------------------------------------------------------
