@@ -7,6 +7,7 @@ on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
+import os
 
 from ..ops import register
 from . import launchers
@@ -53,6 +54,13 @@ for _name, _fn in [("bias_act", bias_act), ("bias_act_pixel_norm", bias_act_pixe
                    ("fade_reals", fade_reals), ("lerp", lerp), ("downsample2x", downsample2x),
                    ("eq_conv2d", eq_conv2d)]:
     register("triton", _name, _fn)
+
+# Two Triton paths for a whole conv layer: cuDNN conv + one fused Triton epilogue ("epilogue", the
+# default), or the implicit-GEMM kernel with resampling and epilogue fused in ("igemm", conv_op.py).
+# Issue: keep whichever measures faster per layer; until bench/results/ decides, the choice is explicit.
+if os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue") == "igemm":
+    from .conv_op import eq_conv2d_triton as _igemm
+    register("triton", "eq_conv2d", _igemm)
 
 __all__ = ["ops", "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend",
            "fade_reals", "lerp", "downsample2x", "eq_conv2d", "launchers"]
