@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 LOG="$OUT/check.log"
 T0=$(date +%s)
-BUDGET=${CHECK_BUDGET_S:-385}
+BUDGET=${CHECK_BUDGET_S:-470}
 RESERVE=25            # seconds kept for the report at the end
 STATUS=()
 : > "$LOG"
@@ -119,6 +119,8 @@ if [[ $HAS_GPU == 1 ]]; then
   else
     say "SKIP triton_tests: tests/test_triton_ops.py not in this tree"; STATUS+=("triton_tests: absent")
   fi
+  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-50}" env PROGAN_FAST_TRITON_AUTOTUNE=0 \
+    "$PY" -m pytest tests/test_triton_conv.py -q -p no:cacheprovider
 else
   say "SKIP gpu_tests, triton_tests: no GPU"; STATUS+=("gpu_tests: skipped (no GPU)")
 fi
@@ -130,6 +132,14 @@ stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py benc
 stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
+
+# ---------------------------------------------------------------------------------- extras
+if [[ $HAS_GPU == 1 ]]; then
+  TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward
+  TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
+    $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
+      --run-dir /tmp/progan_smoke && cat /tmp/progan_smoke/log.jsonl | cut -c1-260"
+fi
 
 # ---------------------------------------------------------------------------------- report
 say "report"
