@@ -62,7 +62,7 @@ stage() {
 }
 
 # ---------------------------------------------------------------------------------- versions
-export PROGAN_GIT_COMMIT=${PROGAN_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || true)}
+export PROGAN_GIT_COMMIT=${PROGAN_GIT_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || true)}
 TAIL_LINES=25 stage versions 30 bash -c "
   $PY - <<'EOF'
 import os, platform, torch

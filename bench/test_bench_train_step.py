@@ -9,6 +9,7 @@ Variants (speedups are reported against eager_fp32 of the same resolution):
                "torch.compile with aot_autograd does not currently support double backward",
                torch 2.11-2.14). PROGAN_BENCH_COMPILE_D=1 compiles D too, to re-check newer torch.
   fast         progan_fast ops (impl auto), bf16 autocast, channels_last on GPU
+  triton_amp   every op on the Triton backend (impl triton), bf16 autocast, channels_last (GPU only)
   fast_graph   `fast` captured in a CUDA graph by TrainStep.capture (4-16 px; target >= 5x eager)
 
 FLOPs per image come from bench/flops.py (4 F_G + 14 F_D, see there), so every case reports MFU
@@ -36,7 +37,7 @@ try:
 except ImportError as exc:  # the models / training step land on main separately
     _IMPORT_ERROR = exc
 
-VARIANTS = ("eager_fp32", "eager_amp", "compile_amp", "fast", "fast_graph")
+VARIANTS = ("eager_fp32", "eager_amp", "compile_amp", "fast", "triton_amp", "fast_graph")
 FUSED_SCALE = False  # the models' default; flops.py counts the form that runs
 COMPILE_D = os.environ.get("PROGAN_BENCH_COMPILE_D") == "1"
 
@@ -69,7 +70,7 @@ def _release_memory(settings):
 
 def _make_step(variant, s, G, D):
     amp = None if variant == "eager_fp32" else torch.bfloat16
-    channels_last = s.on_gpu and variant in ("fast", "fast_graph")
+    channels_last = s.on_gpu and variant in ("fast", "triton_amp", "fast_graph")
     kwargs = dict(amp_dtype=amp, channels_last=channels_last, device=s.device)
     if variant == "compile_amp":
         if "compile" in inspect.signature(TrainStep).parameters:  # TrainStep compiles what it can
@@ -89,7 +90,9 @@ def test_train_step(benchmark, step_case, settings, ceilings):
         pytest.skip("torch.compile cases are off here (PROGAN_BENCH_COMPILE=1 turns them on)")
     if variant == "fast_graph" and not s.on_gpu:
         pytest.skip("CUDA graphs need a CUDA device")
-    backend = "ref" if variant.startswith(("eager", "compile")) else "auto"
+    if variant == "triton_amp" and not s.on_gpu:
+        pytest.skip("triton_amp is a GPU case (the interpreter measures nothing useful)")
+    backend = "ref" if variant.startswith(("eager", "compile")) else ("triton" if variant == "triton_amp" else "auto")
     r = log2(res)
     batch = s.batch(res)
     model_res = max(RESOLUTIONS) if s.on_gpu else max(s.step_resolutions)

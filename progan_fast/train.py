@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fade-kimg", type=float, help="kimg of each fade-in")
     t.add_argument("--total-kimg", type=float, help="default: through the last fade + one stable phase")
     t.add_argument("--minibatch", help="global minibatch per resolution, e.g. '4:128,8:128,16:128,32:64'")
+    t.add_argument("--max-minibatch-per-gpu", help="cap per rank, e.g. '256:16,512:8,1024:4' (global batch = "
+                                                  "min(minibatch, cap x ranks))")
     t.add_argument("--lr", dest="lrate_base", type=float, help="Adam learning rate (default 0.001)")
     t.add_argument("--lrate", help="per-resolution learning rates, e.g. '1024:0.0015'")
     t.add_argument("--ema-beta", type=float, help="Gs = lerp(G, Gs, beta) after every step (default 0.999)")
@@ -90,6 +92,8 @@ def _given_to_config(args: dict) -> dict:
         given["minibatch"] = parse_res_dict(given["minibatch"], int)
     if "lrate" in given:
         given["lrate"] = parse_res_dict(given["lrate"], float)
+    if "max_minibatch_per_gpu" in given:
+        given["max_minibatch_per_gpu"] = parse_res_dict(given["max_minibatch_per_gpu"], int)
     return given
 
 

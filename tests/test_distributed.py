@@ -53,3 +53,24 @@ def test_resume_with_another_world_size(single, tmp_path):
     _, w_mixed = _weights(d)
     _, w1 = _weights(single)
     _assert_close(w_mixed, w1)
+
+
+def _disagree_worker(rank, init_file, results):
+    import torch.distributed as dist
+    from progan_fast.training.distributed import check_same_config
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        check_same_config({"fmap_max": 16 if rank == 0 else 32})
+        results[rank] = "no error"
+    except ValueError as exc:
+        results[rank] = str(exc)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_configs_fail_clearly(tmp_path):
+    import torch.multiprocessing as mp
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_disagree_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+        assert all("ranks disagree on the training configuration" in results[r] for r in (0, 1)), dict(results)

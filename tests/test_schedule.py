@@ -33,3 +33,9 @@ def test_lod_bounds_change_at_phase_edges():
     assert s.at(5).lod_bounds == (2, 2)
     assert s.at(15).lod_bounds == (1, 2)
     assert s.at(25).lod_bounds == (1, 1)
+
+
+def test_per_gpu_cap():
+    s = Schedule(resolution=256, minibatch={256: 64}, world_size=2, max_minibatch_per_gpu={256: 16})
+    assert s.at(99999).minibatch == 32
+    assert Schedule(resolution=256, minibatch={256: 64}, world_size=8, max_minibatch_per_gpu={256: 16}).at(99999).minibatch == 64

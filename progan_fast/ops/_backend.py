@@ -1,8 +1,8 @@
 """Backend registry and selection: which implementation (ref | triton | cuda) runs an op.
 
 Backends register per-op callables here. `impl="auto"` (the default everywhere) resolves, per call,
-to the first backend in the preference list that implements the op for the tensor's device:
-cuda (compiled extension) -> triton -> ref on CUDA tensors, ref on CPU. A global default can be set
+to the first backend in the op's measured preference list (AUTO_CUDA below) that implements the op
+for the tensor's device; ref on CPU. A global default can be set
 with `set_backend` or, scoped, with the `use_backend` context manager.
 """
 from __future__ import annotations
@@ -22,8 +22,15 @@ _loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast
 _load_state: dict[str, bool | None] = {"ref": True, "triton": None, "cuda": None}
 _load_errors: dict[str, str] = {}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_backend", default="auto")
-# Preference order for `auto` on CUDA tensors; the cuda issue may refine this per op and GPU arch.
-AUTO_ORDER_CUDA: tuple[str, ...] = ("cuda", "triton", "ref")
+# What `auto` runs on CUDA tensors, per op (preference order; ops not listed use AUTO_DEFAULT_CUDA).
+# Filled from measurements, not hopes: bench/results/2026-11-26_nvidia-h200_dd988d49.json (H200,
+# torch 2.11, Triton 3.6) has the whole training step with every op on Triton at 0.56x (4 px) to
+# 0.99x (16 px) of the eager reference, because each Triton op call pays ~0.1 ms of host-side
+# dispatch (custom op + launcher), which outweighs the fused kernels at PGGAN's tensor sizes. So
+# `auto` keeps the reference everywhere until a measured win lands here; `impl="triton"` /
+# `--backend triton` opts in.
+AUTO_DEFAULT_CUDA: tuple[str, ...] = ("ref",)
+AUTO_CUDA: dict[str, tuple[str, ...]] = {}
 
 
 def register(backend: str, op: str, fn: Callable) -> None:
@@ -117,7 +124,7 @@ def resolve(op: str, impl: str, device_type: str) -> Callable:
         if fn is None:
             raise NotImplementedError(f"progan_fast.ops.{op} has no {impl!r} implementation")
         return fn
-    order = AUTO_ORDER_CUDA if device_type == "cuda" else ("ref",)
+    order = AUTO_CUDA.get(op, AUTO_DEFAULT_CUDA) if device_type == "cuda" else ("ref",)
     for backend in order:
         if _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]:
             return _registry[backend][op]

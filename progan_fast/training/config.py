@@ -19,8 +19,8 @@ PRESETS = {
     "paper": dict(fmap_base=8192, fmap_max=512, latent_size=None, stable_kimg=600.0, fade_kimg=600.0,
                   minibatch=None, tick_kimg=20.0, grid_size=64),
     # Narrow networks and a short schedule so a 2-core CPU takes FashionMNIST 4 -> 32 px in ~15 min.
-    "cpu": dict(fmap_base=512, fmap_max=64, latent_size=64, stable_kimg=12.0, fade_kimg=12.0,
-                minibatch={4: 32, 8: 32, 16: 32, 32: 32}, tick_kimg=4.0, grid_size=64),
+    "cpu": dict(fmap_base=512, fmap_max=64, latent_size=64, stable_kimg=30.0, fade_kimg=30.0,
+                minibatch={4: 32, 8: 32, 16: 32, 32: 32}, tick_kimg=10.0, grid_size=64),
 }
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     total_kimg: float | None = None  # None: through the last fade plus one stable phase
     minibatch: dict | None = None  # resolution -> global minibatch; None: the paper's
     lrate: dict | None = None
+    max_minibatch_per_gpu: dict | None = None  # resolution -> per-rank cap (official presets)
     lrate_base: float = 0.001
     ema_beta: float = 0.999
     amp: bool = False
@@ -60,7 +61,7 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in ("minibatch", "lrate"):
+        for key in ("minibatch", "lrate", "max_minibatch_per_gpu"):
             if d[key] is not None:
                 d[key] = {str(k): v for k, v in d[key].items()}
         return d
@@ -68,7 +69,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        for key in ("minibatch", "lrate"):
+        for key in ("minibatch", "lrate", "max_minibatch_per_gpu"):
             if d.get(key) is not None:
                 d[key] = {int(k): v for k, v in d[key].items()}
         known = {f.name for f in dataclasses.fields(cls)}

@@ -45,6 +45,7 @@ class Schedule:
     lrate: dict[int, float] | None = None
     lrate_base: float = 0.001
     world_size: int = 1
+    max_minibatch_per_gpu: dict[int, int] | None = None  # official: caps the global batch at cap * GPUs
 
     def lod_at(self, kimg: float) -> float:
         phase_dur = self.stable_kimg + self.fade_kimg
@@ -61,6 +62,9 @@ class Schedule:
         res = 2 ** res_log2
         alpha = 1.0 - (lod - math.floor(lod))
         mb = (self.minibatch or PAPER_MINIBATCH).get(res, self.minibatch_base)
+        cap = (self.max_minibatch_per_gpu or {}).get(res)
+        if cap is not None:
+            mb = min(mb, cap * self.world_size)
         mb -= mb % self.world_size  # the official code rounds down to a multiple of the GPU count
         if mb <= 0:
             raise ValueError(f"minibatch at {res}px is smaller than the world size {self.world_size}")

@@ -38,7 +38,8 @@ def build_models(cfg: TrainConfig):
 def build_schedule(cfg: TrainConfig) -> Schedule:
     return Schedule(resolution=cfg.resolution, initial_resolution=cfg.initial_resolution,
                     stable_kimg=cfg.stable_kimg, fade_kimg=cfg.fade_kimg, minibatch=cfg.effective_minibatch(),
-                    lrate=cfg.effective_lrate(), lrate_base=cfg.lrate_base, world_size=cfg.world_size)
+                    lrate=cfg.effective_lrate(), lrate_base=cfg.lrate_base, world_size=cfg.world_size,
+                    max_minibatch_per_gpu=cfg.max_minibatch_per_gpu)
 
 
 def total_kimg(cfg: TrainConfig) -> float:
