@@ -106,11 +106,16 @@ def resolve_config(given: dict, device: torch.device) -> TrainConfig:
     for k, v in given.items():
         if k != "preset":
             setattr(cfg, k, v)
-    if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
-        raise ValueError("--amp-dtype fp16 needs a CUDA device (dynamic loss scaling on GPU); use --amp-dtype bf16 on CPU")
+    _check_precision_device(cfg, device)
     cfg.device = str(device)
     cfg.validate()
     return cfg
+
+
+def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
+    """fp16 mixed precision uses dynamic loss scaling, which runs on CUDA only (new runs and resumes)."""
+    if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
+        raise ValueError("--amp-dtype fp16 needs a CUDA device (dynamic loss scaling on GPU); use --amp-dtype bf16 on CPU")
 
 
 def load_dataset(cfg: TrainConfig):
@@ -169,16 +174,14 @@ def _train(args: dict, distributed) -> int:
             raise FileNotFoundError(f"--resume {run_dir}: no {LATEST} there (is it a progan_fast run directory?)")
         ckpt = distributed.broadcast_object(load_checkpoint(run_dir) if rank == 0 else None)
         saved = TrainConfig.from_json(ckpt["config"])
-        check_resume_compatible(saved, {k: v for k, v in given.items() if k not in ("device", "backend", "preset",
-                                                                                  "tensorboard", "tick_kimg")})
+        check_resume_compatible(saved, given)  # compares the run-defining keys only
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
         for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
-        if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
-            raise ValueError("this run uses fp16 mixed precision, which needs a CUDA device to resume")
+        _check_precision_device(cfg, device)
         cfg.device = str(device)
     else:
         device = _pick_device(given.get("device", "auto"))
