@@ -94,3 +94,26 @@ class BiasAct(nn.Module):
         if self.pixel_norm:
             return ops.bias_act_pixel_norm(x, self.bias, act=self.act, slope=self.slope, eps=self.eps)
         return ops.bias_act(x, self.bias, act=self.act, slope=self.slope)
+
+
+class EqualizedEmbedding(nn.Module):
+    """Class embedding with equalized LR: rows drawn N(0, 1), multiplied at run time by `scale`.
+
+    A lookup is a linear layer applied to a one-hot vector, whose effective fan-in is 1, so the
+    default scale is 1 (entries as large as the latent's); D's projection head uses 1/sqrt(dim),
+    the scale of a dense layer with that fan-in, since it is dotted with a dim-wide feature.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, scale: float = 1.0):
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"EqualizedEmbedding needs num_classes >= 1 and dim >= 1, got {num_classes}, {dim}")
+        self.weight = nn.Parameter(torch.randn(num_classes, dim))
+        self.scale = scale
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return F.embedding(labels, self.weight) * self.scale
+
+    def extra_repr(self) -> str:
+        k, d = self.weight.shape
+        return f"{k}, {d}, scale={self.scale:.4g}"

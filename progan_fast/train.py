@@ -23,6 +23,7 @@ EPILOG = """examples:
   python -m progan_fast.train --amp                     # FashionMNIST, preset picked for this machine
   python -m progan_fast.train --data imgs/ --resolution 128 --mirror --amp
   python -m progan_fast.train --resume runs/00000-fashion-mnist-32
+  python -m progan_fast.train --amp --cond --cond-head projection   # class-conditional (docs/conditional.md)
   torchrun --nproc_per_node=8 -m progan_fast.train --data imgs/ --amp     (multi-GPU: see README)
 """
 
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fmap-max", type=int)
     m.add_argument("--latent-size", type=int, help="default: nf(0)")
     m.add_argument("--fused-scale", action="store_true", help="official strided 4x4 form of up/down convs")
+    c = p.add_argument_group("class-conditional (docs/conditional.md)")
+    c.add_argument("--cond", action="store_true", help="condition G and D on the dataset's class labels")
+    c.add_argument("--cond-head", choices=["acgan", "projection"],
+                   help="D's conditioning: 'acgan' auxiliary classifier (official; default) or 'projection'")
+    c.add_argument("--cond-weight", type=float, help="AC-GAN label-loss weight (default 1.0, official)")
+    c.add_argument("--label-embed-size", type=int, help="width of G's learned label embedding (default: latent size)")
     t = p.add_argument_group("schedule and optimization")
     t.add_argument("--stable-kimg", type=float, help="kimg at each resolution before its successor fades in")
     t.add_argument("--fade-kimg", type=float, help="kimg of each fade-in")
@@ -135,6 +142,18 @@ def load_dataset(cfg: TrainConfig):
     return dataset, desc
 
 
+def _check_cond(cfg: TrainConfig, dataset, desc: str, given: dict) -> None:
+    """--cond: the class count comes from the labels (one clear error without them); cond options
+    without --cond are refused rather than silently ignored."""
+    from .training.conditional import dataset_num_classes
+    if cfg.cond:
+        cfg.num_classes = dataset_num_classes(dataset, desc)
+    else:
+        stray = [k for k in ("cond_head", "cond_weight", "label_embed_size") if k in given]
+        if stray:
+            raise ValueError(f"--{stray[0].replace('_', '-')} needs --cond")
+
+
 def new_run_dir(outdir: str, name: str) -> Path:
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -187,6 +206,7 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = resolve_config(given, device)
     dataset, desc = load_dataset(cfg)
+    _check_cond(cfg, dataset, desc, given)
     distributed.check_same_config(cfg.identity())
     if ckpt is None and rank != 0:
         run_dir = None

@@ -12,6 +12,8 @@ from .schedule import PAPER_LRATE, PAPER_MINIBATCH
 IDENTITY_KEYS = ("data", "resolution", "num_channels", "fmap_base", "fmap_decay", "fmap_max", "latent_size",
                  "fused_scale", "mbstd_group_size", "stable_kimg", "fade_kimg", "minibatch", "lrate",
                  "lrate_base", "amp", "amp_dtype", "mirror", "seed", "ema_beta", "initial_resolution")
+# Class-conditional runs (docs/conditional.md); num_classes follows from the data.
+IDENTITY_KEYS += ("cond", "cond_head", "cond_weight", "label_embed_size")
 # world_size is not among them: a run may resume on any number of GPUs (the minibatch is global).
 
 PRESETS = {
@@ -38,6 +40,11 @@ class TrainConfig:
     latent_size: int | None = None
     fused_scale: bool = False
     mbstd_group_size: int = 4
+    cond: bool = False  # class-conditional G and D (labels from the dataset)
+    cond_head: str = "acgan"  # D's conditioning: 'acgan' (auxiliary classifier) or 'projection'
+    cond_weight: float = 1.0  # AC-GAN label-loss weight (official cond_weight)
+    label_embed_size: int | None = None  # G's label embedding width; None: latent_size
+    num_classes: int = 0  # filled from the dataset's labels when cond
     initial_resolution: int = 4
     stable_kimg: float = 600.0
     fade_kimg: float = 600.0
@@ -106,6 +113,10 @@ class TrainConfig:
                 raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
         if self.backend not in ("auto", "ref", "triton", "cuda"):
             raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
+        if self.cond_head not in ("acgan", "projection"):
+            raise ValueError(f"--cond-head must be acgan or projection, got {self.cond_head!r}")
+        if self.cond_weight < 0 or (self.label_embed_size is not None and self.label_embed_size < 1):
+            raise ValueError("--cond-weight must be >= 0 and --label-embed-size >= 1")
         if self.fmap_base < 1 or self.fmap_max < 1:
             raise ValueError("--fmap-base and --fmap-max must be >= 1")
 

@@ -28,7 +28,8 @@ class TrainStep:
     def __init__(self, G, D, *, lr: float = 1e-3, betas=(0.0, 0.99), adam_eps: float = 1e-8, amp_dtype=None,
                  ema_beta: float = 0.999, wgan_lambda: float = 10.0, wgan_target: float = 1.0,
                  drift: float = 1e-3, channels_last: bool = False, device=None, Gs=None,
-                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1):
+                 generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
+                 cond_weight: float = 1.0):
         self.G, self.D = G, D
         g_mod = unwrap(G)
         self.device = torch.device(device) if device is not None else next(g_mod.parameters()).device
@@ -50,6 +51,7 @@ class TrainStep:
         # latents / mixing factors, keeping its interleaved share (the data stream shards the same
         # way), so N ranks x B compute exactly what 1 rank x N*B would, and resume works at any size.
         self.rank, self.world_size = rank, world_size
+        self.cond_weight = cond_weight  # AC-GAN label-loss weight (official cond_weight 1.0)
 
     # -- optimizer state -------------------------------------------------------------------------------
     def _adam(self, module):
@@ -72,6 +74,12 @@ class TrainStep:
     def _latents(self, n: int) -> torch.Tensor:
         z = torch.randn(n * self.world_size, unwrap(self.G).latent_size, device=self.device, generator=self.generator)
         return z[self.rank::self.world_size]
+
+    def _labels(self, n: int) -> torch.Tensor:
+        """Fake labels for the G step, uniform over the classes; drawn and sharded like the latents."""
+        y = torch.randint(unwrap(self.G).num_classes, (n * self.world_size,), device=self.device,
+                          generator=self.generator)
+        return y[self.rank::self.world_size]
 
     def _mix(self, n: int) -> torch.Tensor:
         u = torch.rand(n * self.world_size, 1, 1, 1, device=self.device, generator=self.generator)
@@ -112,11 +120,16 @@ class TrainStep:
             opt.zero_grad(set_to_none=True)
         return applied
 
-    def __call__(self, reals: torch.Tensor, res_log2: int, alpha) -> dict:
-        return self.step(reals, res_log2, alpha)
+    def __call__(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
+        return self.step(reals, res_log2, alpha, labels)
 
-    def step(self, reals: torch.Tensor, res_log2: int, alpha) -> dict:
+    def step(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
+        """One D, G and EMA step. `labels` [N] (class-conditional runs only): the reals' classes; the
+        D step's fakes are made from them (official), the G step draws uniform fake labels."""
         G, D, dev = self.G, self.D, self.device
+        if labels is not None:
+            labels = labels.to(dev, non_blocking=True)
+        cond = {} if labels is None else dict(labels=labels, cond_weight=self.cond_weight)
         reals = reals.to(dev, torch.float32, non_blocking=True)
         if self.channels_last:
             reals = reals.contiguous(memory_format=torch.channels_last)
@@ -127,18 +140,21 @@ class TrainStep:
         # D step
         unwrap(D).requires_grad_(True)
         with torch.no_grad(), _autocast(dev.type, self.amp_dtype):
-            fakes = G(self._latents(n), res_log2, alpha)
+            fakes = G(self._latents(n), res_log2, alpha, *([labels] if cond else []))
         mix = self._mix(n)
         d_loss, stats = d_loss_wgangp(D, reals, fakes, res_log2, alpha, mix=mix, lam=self.wgan_lambda,
                                       gamma=self.wgan_target, drift=self.drift, amp_dtype=self.amp_dtype,
-                                      scaler=self.scaler_d)
+                                      scaler=self.scaler_d, **cond)
         self._apply(d_loss, self.opt_d, self.scaler_d, d_params)
 
         # G step (D frozen so no parameter gradients are computed for it)
         unwrap(D).requires_grad_(False)
+        z = self._latents(n)
+        if cond:
+            cond["labels"] = self._labels(n)
         with _autocast(dev.type, self.amp_dtype):
-            fakes = G(self._latents(n), res_log2, alpha)
-        g_loss = g_loss_wgan(D, fakes, res_log2, alpha, amp_dtype=self.amp_dtype)
+            fakes = G(z, res_log2, alpha, *([cond["labels"]] if cond else []))
+        g_loss = g_loss_wgan(D, fakes, res_log2, alpha, amp_dtype=self.amp_dtype, stats=stats, **cond)
         self._apply(g_loss, self.opt_g, self.scaler_g, g_params)
         unwrap(D).requires_grad_(True)
 

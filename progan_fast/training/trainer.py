@@ -22,6 +22,7 @@ from ..data import BatchStream, MultiResolutionDataset
 from ..models import Discriminator, Generator
 from ..utils.images import grid, save_png, to_uint8_nhwc
 from .checkpoint import FORMAT_VERSION, LATEST, save_atomic
+from .conditional import cond_kwargs, dataset_num_classes, grid_labels
 from .config import TrainConfig
 from .schedule import Schedule
 from .step import AMP_DTYPES, TrainStep, unwrap
@@ -30,8 +31,9 @@ from .step import AMP_DTYPES, TrainStep, unwrap
 def build_models(cfg: TrainConfig):
     common = dict(fmap_base=cfg.fmap_base, fmap_decay=cfg.fmap_decay, fmap_max=cfg.fmap_max,
                   fused_scale=cfg.fused_scale)
-    G = Generator(cfg.resolution, cfg.num_channels, latent_size=cfg.latent_size, **common)
-    D = Discriminator(cfg.resolution, cfg.num_channels, mbstd_group_size=cfg.mbstd_group_size, **common)
+    g_cond, d_cond = cond_kwargs(cfg)
+    G = Generator(cfg.resolution, cfg.num_channels, latent_size=cfg.latent_size, **common, **g_cond)
+    D = Discriminator(cfg.resolution, cfg.num_channels, mbstd_group_size=cfg.mbstd_group_size, **common, **d_cond)
     return G, D
 
 
@@ -89,6 +91,8 @@ class Trainer:
         ops.set_backend(cfg.backend)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # static shapes within a phase: let cuDNN pick its kernels
+        if cfg.cond and (k := dataset_num_classes(dataset)) != cfg.num_classes:
+            raise ValueError(f"--cond: the dataset has {k} classes but the run was set up for {cfg.num_classes}")
         torch.manual_seed(cfg.seed)  # initial weights: identical on every rank
         self.G, self.D = build_models(cfg)
         channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
@@ -100,7 +104,7 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
-                              world_size=cfg.world_size)
+                              world_size=cfg.world_size, cond_weight=cfg.cond_weight)
         self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
                                   mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
@@ -112,6 +116,7 @@ class Trainer:
         self.elapsed = 0.0  # training seconds over all sessions of this run
         g = torch.Generator().manual_seed(cfg.seed + 12345)
         self.grid_latents = torch.randn(cfg.grid_size, self.G.latent_size, generator=g)
+        self.grid_labels = grid_labels(cfg.grid_size, cfg.num_classes) if cfg.cond else None
         self._tb = None
 
     # -- state ---------------------------------------------------------------------------------------
@@ -148,8 +153,10 @@ class Trainer:
         if not self.is_main:
             return
         z = self.grid_latents.to(self.device)
-        imgs = torch.cat([self.step.Gs(z[i:i + 64], phase.res_log2, phase.alpha) for i in range(0, len(z), 64)])
-        mosaic = grid(to_uint8_nhwc(imgs), size=self.cfg.resolution)
+        y = [] if self.grid_labels is None else [self.grid_labels.to(self.device)]
+        imgs = torch.cat([self.step.Gs(z[i:i + 64], phase.res_log2, phase.alpha, *[t[i:i + 64] for t in y])
+                          for i in range(0, len(z), 64)])
+        mosaic = grid(to_uint8_nhwc(imgs), ncols=self.cfg.num_classes if y else None, size=self.cfg.resolution)
         save_png(mosaic, self.run_dir / f"fakes{self.cur_nimg // 1000:06d}.png")
 
     def save_reals_grid(self) -> None:
@@ -204,11 +211,11 @@ class Trainer:
                         self.step.reset_optimizers()
                     self.lod_bounds = phase.lod_bounds
                 self.step.set_lr(phase.lrate)
-                reals, _ = self.stream.next_batch(phase.resolution, phase.minibatch // cfg.world_size)
+                reals, labels = self.stream.next_batch(phase.resolution, phase.minibatch // cfg.world_size)
                 if phase.alpha < 1.0:
                     reals = ops.fade_reals(reals, phase.alpha)
                 t0 = time.time()
-                stats = self.step(reals, phase.res_log2, phase.alpha)
+                stats = self.step(reals, phase.res_log2, phase.alpha, labels if cfg.cond else None)
                 self.elapsed += time.time() - t0
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0) + v
