@@ -74,3 +74,14 @@ def test_ranks_with_different_configs_fail_clearly(tmp_path):
         results = manager.dict()
         mp.spawn(_disagree_worker, args=(str(tmp_path / "init"), results), nprocs=2)
         assert all("ranks disagree on the training configuration" in results[r] for r in (0, 1)), dict(results)
+
+
+def test_conditional_two_ranks_match_one_rank(tmp_path):
+    """Labels shard like the latents: reals' labels through the data stream, fake labels through the
+    step's generator (global draw, interleaved share)."""
+    cond = ["--cond", "--cond-head", "projection", "--total-kimg", "0.048"]
+    _train(1, "--run-dir", str(tmp_path / "one"), *cond)
+    _train(2, "--run-dir", str(tmp_path / "two"), *cond)
+    (c1, w1), (c2, w2) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert c1["cur_nimg"] == c2["cur_nimg"] == 48 and "embed.weight" in c1["step"]["D"]
+    _assert_close(w2, w1)
