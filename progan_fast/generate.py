@@ -252,14 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the --n latents (default 0)")
     s.add_argument("--seeds", help="one latent per seed, e.g. '0-63' or '3,17,42' (overrides --n/--seed)")
     c = p.add_argument_group("classes (class-conditional checkpoints)")
-    c.add_argument("--class", dest="cls", type=int, help="generate class K only (default: uniform random classes)")
+    c.add_argument("--class", dest="cls", type=int, metavar="K", help="generate class K only (default: uniform random classes)")
     c.add_argument("--per-class", action="store_true",
                    help="every latent once per class: a grid with one row per class, one column per latent")
     t = p.add_argument_group("truncation trick")
-    t.add_argument("--truncation-psi", type=float, help="lerp G's input toward the mean latent, psi in (0, 1]")
+    t.add_argument("--truncation-psi", type=float, metavar="PSI", help="lerp G's input toward the mean latent, psi in (0, 1]")
     t.add_argument("--truncation-resample", type=float, metavar="T",
                    help="BigGAN: redraw latent entries with |z| > T (T > 0, e.g. 0.5 .. 2)")
-    t.add_argument("--truncation-samples", type=int, default=10000, help="latents averaged for the mean (10000)")
+    t.add_argument("--truncation-samples", type=int, default=10000, metavar="N", help="latents averaged for the mean (10000)")
     i = p.add_argument_group("interpolation")
     i.add_argument("--steps", type=int, default=16, help="frames per segment between two seeds (default 16)")
     i.add_argument("--loop", action="store_true", help="return to the first seed at the end")

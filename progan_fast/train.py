@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cond", action="store_true", help="condition G and D on the dataset's class labels")
     c.add_argument("--cond-head", choices=["acgan", "projection"],
                    help="D's conditioning: 'acgan' auxiliary classifier (official; default) or 'projection'")
-    c.add_argument("--cond-weight", type=float, help="AC-GAN label-loss weight (default 1.0, official)")
-    c.add_argument("--label-embed-size", type=int, help="width of G's learned label embedding (default: latent size)")
+    c.add_argument("--cond-weight", type=float, metavar="W", help="AC-GAN label-loss weight (default 1.0, official)")
+    c.add_argument("--label-embed-size", type=int, metavar="E", help="width of G's learned label embedding (default: latent size)")
     t = p.add_argument_group("schedule and optimization")
     t.add_argument("--stable-kimg", type=float, help="kimg at each resolution before its successor fades in")
     t.add_argument("--fade-kimg", type=float, help="kimg of each fade-in")
