@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m progan_fast.train", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a folder of images, a .npy/.npz "
+    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a dataset directory made by "
+                                  "`python -m progan_fast.dataset create` (fastest), a folder of images, a .npy/.npz "
                                   "array (uint8, key 'images'), or a folder of MNIST-style IDX files")
     d.add_argument("--resolution", type=int, help="training resolution (power of two); default: the data's")
     d.add_argument("--mirror", action="store_true", help="mirror augment: horizontal flips with p=0.5")
@@ -119,18 +120,10 @@ def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def load_dataset(cfg: TrainConfig):
-    from .data import MultiResolutionDataset, load_fashion_mnist, load_images
-    if cfg.data in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        images, labels, desc = load_fashion_mnist("auto")
-    else:
-        images, labels = load_images(cfg.data)[:2]
-        desc = str(cfg.data)
-    dataset = MultiResolutionDataset(images, labels)
+    from .data import load_dataset as _load  # fashion-mnist, dataset dirs, image folders, arrays, IDX
+    dataset, desc = _load(cfg.data, cfg.resolution)
     if cfg.resolution is None:
         cfg.resolution = dataset.resolution
-    elif cfg.resolution > dataset.resolution:
-        raise ValueError(f"--resolution {cfg.resolution} exceeds the dataset's resolution {dataset.resolution}; "
-                         f"use --resolution {dataset.resolution} or a larger dataset")
     cfg.num_channels = dataset.num_channels
     return dataset, desc
 
