@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="fp16 adds dynamic loss scaling (CUDA only)")
     x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
     x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"], help="operator backend (default auto)")
+    x.add_argument("--loader", choices=["auto", "torch", "dali"],
+                   help="data loader: 'dali' (NVIDIA DALI; GPU JPEG decode), 'torch', or 'auto' (default: dali "
+                        "when installed and on CUDA)")
     o = p.add_argument_group("output")
     o.add_argument("--outdir", default="runs", help="runs are created here as NNNNN-<data>-<res> (default runs/)")
     o.add_argument("--run-dir", help="exact run directory (must not already hold a run)")
@@ -171,7 +174,7 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+        for k in ("backend", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
         _check_precision_device(cfg, device)
