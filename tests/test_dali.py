@@ -97,3 +97,16 @@ def test_gpu_matches_cpu_stream(stored, channels_last):
         assert (xa.cpu() - xb).abs().max().item() <= 6 / 127.5
         assert torch.equal(ya.cpu(), yb)
     assert isinstance(make_batch_stream("auto", stored, seed=0, device="cuda"), DaliStream)
+
+
+def test_trainer_trains_from_a_jpeg_dataset_with_dali(tmp_path, stored):
+    from progan_fast.training.config import TrainConfig
+    from progan_fast.training.trainer import Trainer
+    cfg = TrainConfig(resolution=16, num_channels=3, fmap_base=32, fmap_max=8, latent_size=8, stable_kimg=0.016,
+                      fade_kimg=0.016, minibatch={4: 4, 8: 4, 16: 4}, tick_kimg=0.016, grid_size=4, device="cpu",
+                      loader="dali", mirror=True)
+    (tmp_path / "run").mkdir()
+    tr = Trainer(cfg, stored, tmp_path / "run", progress=False)
+    assert isinstance(tr.stream, DaliStream)
+    assert tr.run(stop_at_nimg=40) == "stopped"  # through 4 px, the 8 px fade (JPEG level) and into 8 px
+    assert tr.stream.pipelines_built >= 2 and (tmp_path / "run" / "reals.png").exists()

@@ -260,3 +260,17 @@ def test_cli_create_info_verify(tmp_path, rng, capsys):
     os.remove(tmp_path / "ds" / "level-0004.npy")
     assert main(["verify", str(tmp_path / "ds")]) == 1
     assert "level-0004.npy: missing" in capsys.readouterr().err
+
+
+def test_train_cli_data_accepts_dataset_dir(tmp_path, rng):
+    from progan_fast.train import load_dataset as train_load
+    from progan_fast.training.config import TrainConfig
+    np.save(tmp_path / "a.npy", rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    writer.create_dataset(tmp_path / "a.npy", tmp_path / "ds")
+    cfg = TrainConfig(data=str(tmp_path / "ds"))
+    ds, desc = train_load(cfg)
+    assert isinstance(ds, StoredDataset) and cfg.resolution == 16 and cfg.num_channels == 3 and "5 images" in desc
+    cfg = TrainConfig(data=str(tmp_path / "ds"), resolution=8)
+    assert train_load(cfg)[0].resolutions == [8, 4]
+    with pytest.raises(ValueError, match="--resolution 32 exceeds the dataset's resolution 16"):
+        train_load(TrainConfig(data=str(tmp_path / "ds"), resolution=32))
