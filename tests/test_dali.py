@@ -16,10 +16,10 @@ def rng(_fresh_seed):
     return np.random.default_rng(_fresh_seed)
 
 
-@pytest.fixture
-def stored(tmp_path, rng):
-    """A 16 px RGB dataset with labels: levels 16 and 8 as JPEG, 4 raw."""
-    images = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+@pytest.fixture(params=[3, 1], ids=["rgb", "gray"])
+def stored(tmp_path, rng, request):
+    """A 16 px dataset with labels: levels 16 and 8 as JPEG, 4 raw."""
+    images = rng.integers(0, 256, (24, 16, 16, request.param), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=images, labels=rng.integers(0, 5, 24))
     writer.create_dataset(tmp_path / "a.npz", tmp_path / "ds", encode_from=8, quality=98)
     return StoredDataset(tmp_path / "ds")
@@ -99,14 +99,16 @@ def test_gpu_matches_cpu_stream(stored, channels_last):
     assert isinstance(make_batch_stream("auto", stored, seed=0, device="cuda"), DaliStream)
 
 
-def test_trainer_trains_from_a_jpeg_dataset_with_dali(tmp_path, stored):
+def test_trainer_trains_from_a_jpeg_dataset_with_dali(tmp_path, rng):
     from progan_fast.training.config import TrainConfig
     from progan_fast.training.trainer import Trainer
-    cfg = TrainConfig(resolution=16, num_channels=3, fmap_base=32, fmap_max=8, latent_size=8, stable_kimg=0.016,
-                      fade_kimg=0.016, minibatch={4: 4, 8: 4, 16: 4}, tick_kimg=0.016, grid_size=4, device="cpu",
-                      loader="dali", mirror=True)
+    np.save(tmp_path / "a.npy", rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8))
+    writer.create_dataset(tmp_path / "a.npy", tmp_path / "ds", encode_from=8)
+    cfg = TrainConfig(resolution=8, num_channels=3, fmap_base=16, fmap_max=8, latent_size=8, stable_kimg=0.016,
+                      fade_kimg=0.016, minibatch={4: 4, 8: 4}, tick_kimg=1.0, grid_size=4, device="cpu",
+                      backend="ref", loader="dali", mirror=True)
     (tmp_path / "run").mkdir()
-    tr = Trainer(cfg, stored, tmp_path / "run", progress=False)
+    tr = Trainer(cfg, StoredDataset(tmp_path / "ds"), tmp_path / "run", progress=False)
     assert isinstance(tr.stream, DaliStream)
-    assert tr.run(stop_at_nimg=40) == "stopped"  # through 4 px, the 8 px fade (JPEG level) and into 8 px
-    assert tr.stream.pipelines_built >= 2 and (tmp_path / "run" / "reals.png").exists()
+    assert tr.run(stop_at_nimg=24) == "stopped"  # 4 px (raw), then into the 8 px fade (JPEG, DALI-decoded)
+    assert tr.stream.pipelines_built == 2 and (tmp_path / "run" / "reals.png").exists()

@@ -242,6 +242,10 @@ def test_killed_process_leaves_no_dataset(tmp_path, rng):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert r.returncode == -9
     assert not (tmp_path / "ds").exists()  # only a hidden .ds.tmp-* dir (no manifest) is left
+    (left,) = [p for p in os.listdir(tmp_path) if p.startswith(".ds.tmp-")]
+    assert not (tmp_path / left / "manifest.json").exists()
+    writer.create_dataset(tmp_path / "a.npy", tmp_path / "ds")  # the next run clears the dead run's leftovers
+    assert sorted(os.listdir(tmp_path)) == ["a.npy", "ds"]
 
 
 def test_cli_create_info_verify(tmp_path, rng, capsys):

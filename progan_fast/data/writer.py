@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -239,6 +240,25 @@ def _center_crop(arr: np.ndarray) -> np.ndarray:
     return arr[top:top + s, left:left + s]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(parent: str, name: str) -> None:
+    """Delete temporary directories that killed runs of this tool left for the same --out."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.tmp-(\d+)-\d+(\.old)?$")
+    for entry in os.listdir(parent):
+        m = pattern.match(entry)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 def create_dataset(source, out, *, resolution: int | None = None, labels: str | None = None,
                    crop: str = "none", resize: str | None = None, overwrite: bool = False, strict: bool = False,
                    codec: str = "jpeg", encode_from: int = 128, quality: int = 95,
@@ -321,6 +341,7 @@ def create_dataset(source, out, *, resolution: int | None = None, labels: str | 
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
+    _remove_stale_temps(parent, os.path.basename(out))
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
     os.mkdir(tmp)
     try:
