@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--crop", choices=["none", "center"], default="none",
                    help="'center': crop non-square images to their shorter side (default 'none': error)")
     c.add_argument("--resize", nargs="?", const="lanczos", choices=RESIZE_FILTERS,
-                   help="resample every image to --resolution with this filter (default lanczos); allows mixed "
+                   help="resample every image that is not --resolution px to it, with this filter (default lanczos); allows mixed "
                         "sizes and upscaling")
     c.add_argument("--codec", choices=CODECS, default="jpeg",
                    help="storage of levels >= --encode-from (default jpeg); smaller levels are always raw")

@@ -78,6 +78,12 @@ def test_options_and_factory(rng):
     ds = MultiResolutionDataset(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
     x, _ = DaliStream(ds, seed=0, dtype=torch.bfloat16, channels_last=True).next_batch(8, 4)
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    a = DaliStream(ds, seed=0, mirror=True, channels_last=True)  # DALI writes NHWC itself
+    b = BatchStream(ds, seed=0, mirror=True)
+    for res in (8, 4):
+        xa, xb = a.next_batch(res, 4)[0], b.next_batch(res, 4)[0]
+        assert xa.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(xa, xb, atol=1e-6, rtol=0)
     assert isinstance(make_batch_stream("auto", ds, seed=0, device="cpu"), BatchStream)
     assert not isinstance(make_batch_stream("auto", ds, seed=0, device="cpu"), DaliStream)
     assert isinstance(make_batch_stream("dali", ds, seed=0), DaliStream)

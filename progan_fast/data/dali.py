@@ -3,7 +3,7 @@
 Optional: `pip install nvidia-dali-cuda130` (the `dali` extra). DALI does the per-pixel work:
   * raw uint8 levels (in memory or memory-mapped .npy): the selected images go in through
     fn.external_source, then (on GPU: copied to the device) fn.crop_mirror_normalize does the flip
-    and x / 127.5 - 1 in one pass, writing NCHW, or NHWC = channels_last on the GPU;
+    and x / 127.5 - 1 in one pass, writing NCHW, or NHWC (= channels_last) when asked;
   * JPEG/PNG levels of a dataset directory: the encoded bytes go in through fn.external_source and
     fn.decoders.image decodes them, on the GPU (device="mixed", nvJPEG) when the stream is on CUDA,
     on the CPU otherwise.
@@ -89,7 +89,7 @@ class DaliStream(BatchStream):
         on_gpu = self.device.type == "cuda"
         gray = self.dataset.num_channels == 1
         out_dtype = types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT
-        layout = "HWC" if (on_gpu and self.channels_last) else "CHW"
+        layout = "HWC" if self.channels_last else "CHW"  # NHWC memory = channels_last, no extra copy
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if on_gpu else None
 
@@ -138,7 +138,7 @@ class DaliStream(BatchStream):
         c = self.dataset.num_channels
         on_gpu = self.device.type == "cuda"
         dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
-        nhwc = on_gpu and self.channels_last
+        nhwc = self.channels_last
         shape = (batch_size, res, res, c) if nhwc else (batch_size, c, res, res)
         x = torch.empty(shape, dtype=dtype, device=self.device)
         stream = torch.cuda.current_stream(self.device) if on_gpu else None
