@@ -70,6 +70,7 @@ class DaliStream(BatchStream):
         self.num_threads = num_threads or min(4, os.cpu_count() or 1)
         self._pipe = None
         self._pipe_key = None
+        self._copied = None  # CUDA event: our copy out of DALI's output buffer has run
         self.pipelines_built = 0  # for tests: one per phase change, never more
 
     # --------------------------------------------------------------------------------- pipelines
@@ -82,8 +83,7 @@ class DaliStream(BatchStream):
         key = (res, batch_size, kind)
         if self._pipe_key == key:
             return self._pipe
-        self._pipe, self._pipe_key = None, None
-        gc.collect()  # drop the previous phase's pipeline (and its buffers) before building the next
+        self.close()  # drop the previous phase's pipeline (and its buffers) before building the next
         from nvidia.dali import fn, pipeline_def, types
 
         on_gpu = self.device.type == "cuda"
@@ -133,6 +133,8 @@ class DaliStream(BatchStream):
         else:
             p.feed_input("images", level.numpy()[idx.numpy()], layout="CHW")  # gather: one copy, no decode
         p.feed_input("mirror", mirror)
+        if self._copied is not None:  # DALI may reuse the buffer our last copy (on torch's stream) reads
+            self._copied.synchronize()
         (out,) = p.run()
 
         c = self.dataset.num_channels
@@ -143,6 +145,9 @@ class DaliStream(BatchStream):
         x = torch.empty(shape, dtype=dtype, device=self.device)
         stream = torch.cuda.current_stream(self.device) if on_gpu else None
         feed_ndarray(out.as_tensor(), x, cuda_stream=stream)  # copies out of DALI's reused buffers
+        if on_gpu:  # ordered on torch's stream, like DALI's own iterator; guard the buffer's next reuse
+            self._copied = torch.cuda.Event()
+            self._copied.record(stream)
         if nhwc:
             x = x.permute(0, 3, 1, 2)  # NCHW view with channels_last strides
         if x.dtype != self.dtype:
@@ -156,5 +161,7 @@ class DaliStream(BatchStream):
 
     def close(self) -> None:
         """Free the pipeline now (it is also freed with the stream)."""
+        if self._copied is not None:  # the last copy out of its buffers must have run
+            self._copied.synchronize()
         self._pipe, self._pipe_key = None, None
         gc.collect()
