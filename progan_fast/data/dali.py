@@ -152,8 +152,6 @@ class DaliStream(BatchStream):
             x = x.permute(0, 3, 1, 2)  # NCHW view with channels_last strides
         if x.dtype != self.dtype:
             x = x.to(self.dtype)  # bf16 (DALI has no bf16 output); keeps the memory format
-        if self.channels_last and not nhwc:
-            x = x.contiguous(memory_format=torch.channels_last)
         labels = self.dataset.labels.index_select(0, idx)
         if on_gpu:
             labels = labels.pin_memory().to(self.device, non_blocking=True)
