@@ -89,6 +89,7 @@ setup(
     entry_points={"console_scripts": [
         "progan-train=progan_fast.train:main",
         "progan-generate=progan_fast.generate:main",
+        "progan-dataset=progan_fast.dataset:main",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m progan_fast.train", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a folder of images, a .npy/.npz "
+    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a dataset directory made by "
+                                  "`python -m progan_fast.dataset create` (fastest), a folder of images, a .npy/.npz "
                                   "array (uint8, key 'images'), or a folder of MNIST-style IDX files")
     d.add_argument("--resolution", type=int, help="training resolution (power of two); default: the data's")
     d.add_argument("--mirror", action="store_true", help="mirror augment: horizontal flips with p=0.5")
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cuda-graph", action="store_true",
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
                         "it at <= 32 px, where the step is launch-bound (single GPU)")
+    x.add_argument("--loader", choices=["auto", "torch", "dali"],
+                   help="data loader: 'dali' (NVIDIA DALI; GPU JPEG decode), 'torch', or 'auto' (default: dali "
+                        "when installed and on CUDA)")
     o = p.add_argument_group("output")
     o.add_argument("--outdir", default="runs", help="runs are created here as NNNNN-<data>-<res> (default runs/)")
     o.add_argument("--run-dir", help="exact run directory (must not already hold a run)")
@@ -126,18 +130,10 @@ def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def load_dataset(cfg: TrainConfig):
-    from .data import MultiResolutionDataset, load_fashion_mnist, load_images
-    if cfg.data in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        images, labels, desc = load_fashion_mnist("auto")
-    else:
-        images, labels = load_images(cfg.data)[:2]
-        desc = str(cfg.data)
-    dataset = MultiResolutionDataset(images, labels)
+    from .data import load_dataset as _load  # fashion-mnist, dataset dirs, image folders, arrays, IDX
+    dataset, desc = _load(cfg.data, cfg.resolution)
     if cfg.resolution is None:
         cfg.resolution = dataset.resolution
-    elif cfg.resolution > dataset.resolution:
-        raise ValueError(f"--resolution {cfg.resolution} exceeds the dataset's resolution {dataset.resolution}; "
-                         f"use --resolution {dataset.resolution} or a larger dataset")
     cfg.num_channels = dataset.num_channels
     return dataset, desc
 
@@ -185,7 +181,7 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "cuda_graph", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+        for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
         _check_precision_device(cfg, device)

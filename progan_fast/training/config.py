@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
+    loader: str = "auto"  # data loader: torch | dali | auto (dali when installed and on CUDA)
     channels_last: bool | None = None  # None: on for CUDA
     cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU, <= 32 px)
     tick_kimg: float = 20.0
@@ -107,6 +108,8 @@ class TrainConfig:
                 raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
         if self.backend not in ("auto", "ref", "triton", "cuda"):
             raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
+        if self.loader not in ("auto", "torch", "dali"):
+            raise ValueError(f"--loader must be auto, torch or dali, got {self.loader!r}")
         if self.fmap_base < 1 or self.fmap_max < 1:
             raise ValueError("--fmap-base and --fmap-max must be >= 1")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .. import ops
-from ..data import BatchStream, MultiResolutionDataset
+from ..data import MultiResolutionDataset
+from ..data.dali import make_batch_stream
 from ..models import Discriminator, Generator
 from ..utils.images import grid, save_png, to_uint8_nhwc
 from .checkpoint import FORMAT_VERSION, LATEST, save_atomic
@@ -101,8 +102,8 @@ class Trainer:
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
                               world_size=cfg.world_size, cuda_graph=cfg.cuda_graph)
-        self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
-                                  mirror=cfg.mirror, device=self.device)
+        self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
+                                        world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
         self.total_nimg = int(round(total_kimg(cfg) * 1000))
         self.cur_nimg = 0
