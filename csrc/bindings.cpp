@@ -104,7 +104,6 @@ void check_dim(const char* op, const Tensor& t, int64_t dim) {
   } while (0)
 
 const Tensor kNone;
-Tensor opt(const OptT& t) { return t.has_value() ? *t : Tensor(); }
 
 // ----------------------------------------------------------------------------- elementwise
 

@@ -37,12 +37,14 @@
 #define PF_FOR(t, total) \
   for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < (total); t += (int64_t)gridDim.x * blockDim.x)
 #define PF_NS gpu
+#define PF_UNROLL _Pragma("unroll")
 #else
 #define PF_HD inline
 #define PF_KERNEL static
 #define PF_FOR(t, total) for (int64_t t = 0; t < (total); ++t)
 #define PF_NS emu
 #define PF_GUARD(t) (void)0
+#define PF_UNROLL
 #endif
 
 namespace progan_fast {
@@ -87,7 +89,7 @@ PF_HD void load_n(const T* p, acc_t<T> (&out)[N]) {
     out[0] = static_cast<acc_t<T>>(p[0]);
   } else {
     Vec<T, N> v = *reinterpret_cast<const Vec<T, N>*>(p);
-#pragma unroll
+    PF_UNROLL
     for (int k = 0; k < N; ++k) out[k] = static_cast<acc_t<T>>(v.v[k]);
   }
 }
@@ -98,7 +100,7 @@ PF_HD void store_n(T* p, const acc_t<T> (&in)[N]) {
     p[0] = static_cast<T>(in[0]);
   } else {
     Vec<T, N> v;
-#pragma unroll
+    PF_UNROLL
     for (int k = 0; k < N; ++k) v.v[k] = static_cast<T>(in[k]);
     *reinterpret_cast<Vec<T, N>*>(p) = v;
   }
@@ -168,7 +170,7 @@ PF_KERNEL void ew_flat_kernel(EwArgs<T> a, int64_t n, int64_t nvec, int64_t cstr
     const bool vec = t < nvec;
     const int64_t base = vec ? t * VEC : nvec * VEC + (t - nvec);
     const int w = vec ? VEC : 1;
-    A i0[VEC], i1[VEC], o0[VEC], o1[VEC];
+    A i0[VEC], i1[VEC], o0[VEC] = {}, o1[VEC] = {};
     if (vec) {
       load_n<T, VEC>(a.in0 + base, i0);
       if (a.in1) load_n<T, VEC>(a.in1 + base, i1);
@@ -220,7 +222,7 @@ PF_KERNEL void ew_nd_kernel(EwArgs<T> a, NdGeom g, int64_t n, bool small) {
     A i0 = static_cast<A>(a.in0[off[0]]);
     A i1 = a.in1 ? static_cast<A>(a.in1[off[1]]) : A(0);
     if (a.op == EW_BIAS_ACT) i1 = bias_at(a.bias_t, a.bias_a, off[4]);
-    A o0, o1 = A(0);
+    A o0 = A(0), o1 = A(0);
     ew_apply<A>(a.op, a.act, a.slope, a.gain, alpha, i0, i1, o0, o1);
     a.out0[off[2]] = static_cast<T>(o0);
     if (a.out1) a.out1[off[3]] = static_cast<T>(o1);
@@ -268,7 +270,7 @@ PF_KERNEL void quad_kernel(QuadArgs<T> a, QuadGeom g, int64_t total, bool small)
     int64_t off[4];
     for (int s = 0; s < 4; ++s)
       off[s] = idx[0] * g.stride[s][0] + idx[1] * g.stride[s][1] + idx[2] * g.stride[s][2] + idx[3] * g.stride[s][3];
-    A t00[VEC], t01[VEC], t10[VEC], t11[VEC], lo[VEC];
+    A t00[VEC] = {}, t01[VEC] = {}, t10[VEC] = {}, t11[VEC] = {}, lo[VEC] = {};
     if (a.mode != Q_DOWN_GRAD) {
       const T* h = a.hi_in + off[0];
       load_n<T, VEC>(h, t00);
@@ -423,7 +425,7 @@ template <typename A>
 PF_KERNEL void mb_partial_kernel(const A* sd, A* part, MbGeom g) {
   PF_FOR(t, g.M * g.P) {
     const int64_t m = t / g.P, p = t - m * g.P;
-    const int64_t lo = p * g.chunk, hi = std::min(g.L, lo + g.chunk);
+    const int64_t lo = p * g.chunk, hi = lo + g.chunk < g.L ? lo + g.chunk : g.L;
     A s = 0;
     for (int64_t j = lo; j < hi; ++j) s += sd[m * g.L + j];
     part[t] = s;

@@ -108,9 +108,12 @@ def test_jit_failure_is_an_import_error(fresh_loader, monkeypatch):
     def boom():
         raise RuntimeError("Error building extension 'progan_fast_C_jit'")
     monkeypatch.setattr(_cuda_build, "jit_build", boom)
-    with pytest.warns(RuntimeWarning, match="JIT build failed"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         with pytest.raises(ImportError, match="JIT build failed"):
             _cuda_build.load()
+    messages = [str(w.message) for w in seen]
+    assert len(messages) == 2 and "trying a one-time JIT build" in messages[0] and "JIT build failed" in messages[1]
 
 
 def test_no_gpu_is_quiet(monkeypatch):
@@ -193,7 +196,7 @@ def test_registered_as_cuda_backend():
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3),
        torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 TOL2 = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
-        torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float64: dict(rtol=1e-8, atol=1e-8)}
+        torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float64: dict(rtol=1e-6, atol=1e-6)}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "nhwc", "offset"]  # offset: storage shifted by one element (no 16-byte alignment)
 
@@ -214,8 +217,8 @@ def rand_groups(n, c, h, w, dtype, layout, group_size=4):
     """Strided groups whose members are well apart (the stddev's second order is ill-conditioned
     when two members almost coincide; true of the function itself)."""
     g = min(group_size, n)
-    t = torch.randn(n, c, h, w, device=DEVICE)
-    t = t + (torch.arange(n, device=DEVICE) // (n // g)).float().reshape(n, 1, 1, 1) * 1.5
+    t = torch.randn(n, c, h, w, device=DEVICE) * 0.5  # members 3 apart: |difference| > 0 at ~6 sigma
+    t = t + (torch.arange(n, device=DEVICE) // (n // g)).float().reshape(n, 1, 1, 1) * 3.0
     return rand(n, c, h, w, dtype=dtype, layout=layout).copy_(t)
 
 
@@ -272,7 +275,8 @@ def _grads(outs, inputs, grad_outs, create_graph=False):
 
 
 def _close(actual, expected, tol, what):
-    torch.testing.assert_close(actual.float(), expected.float(), **tol, msg=lambda m: f"{what}: {m}")
+    up = (lambda t: t.double()) if expected.dtype == torch.float64 else (lambda t: t.float())
+    torch.testing.assert_close(up(actual), up(expected), **tol, msg=lambda m: f"{what}: {m}")
 
 
 def _check_case(cb, name, dtype, layout):
@@ -304,7 +308,8 @@ def _check_case(cb, name, dtype, layout):
     vs = [torch.randn_like(t) for t in first["ref"]]
     second = {}
     for i in impls:
-        s = sum((gr.float() * v.float()).sum() for gr, v in zip(first[i], vs) if gr.requires_grad)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        s = sum((gr.to(acc) * v.to(acc)).sum() for gr, v in zip(first[i], vs) if gr.requires_grad)
         if not isinstance(s, torch.Tensor):
             return
         second[i] = _grads(s, diff[i] + [gs[i]], None)
