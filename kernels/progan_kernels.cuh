@@ -158,41 +158,43 @@ template <typename A> PF_HD void ew_apply(int op, int act, A slope, A gain, A al
   }
 }
 
+// One element of the flat path: gather the bias of storage offset i, then apply the op.
+template <typename T>
+PF_HD void ew_elem(const EwArgs<T>& a, acc_t<T> alpha, int64_t i, int64_t cstride, int64_t csize, bool small,
+                   acc_t<T> i0, acc_t<T> i1, acc_t<T>& o0, acc_t<T>& o1) {
+  if (a.op == EW_BIAS_ACT && (a.bias_t || a.bias_a)) {
+    int64_t c = idiv(i, cstride, small);
+    c = c - idiv(c, csize, small) * csize;
+    i1 = bias_at(a.bias_t, a.bias_a, c);
+  }
+  ew_apply<acc_t<T>>(a.op, a.act, a.slope, a.gain, alpha, i0, i1, o0, o1);
+}
+
 // Every operand dense in one shared layout: a flat loop over storage. Item t < nvec handles VEC
-// elements at t * VEC, the rest one element each (the tail). The bias channel of storage offset i
-// is (i / cstride) % csize: exact for any dense layout.
+// elements at t * VEC (16-byte loads / stores), the rest one element each (the tail). The bias
+// channel of storage offset i is (i / cstride) % csize: exact for any dense layout.
 template <typename T, int VEC>
 PF_KERNEL void ew_flat_kernel(EwArgs<T> a, int64_t n, int64_t nvec, int64_t cstride, int64_t csize, bool small) {
   using A = acc_t<T>;
   const int64_t total = nvec + (n - nvec * VEC);
-  A alpha = get_alpha(a.alpha_ptr, a.alpha);
+  const A alpha = get_alpha(a.alpha_ptr, a.alpha);
   PF_FOR(t, total) {
-    const bool vec = t < nvec;
-    const int64_t base = vec ? t * VEC : nvec * VEC + (t - nvec);
-    const int w = vec ? VEC : 1;
-    A i0[VEC], i1[VEC], o0[VEC] = {}, o1[VEC] = {};
-    if (vec) {
+    if (t < nvec) {
+      const int64_t base = t * VEC;
+      A i0[VEC], i1[VEC] = {}, o0[VEC] = {}, o1[VEC] = {};
       load_n<T, VEC>(a.in0 + base, i0);
       if (a.in1) load_n<T, VEC>(a.in1 + base, i1);
-    } else {
-      i0[0] = static_cast<A>(a.in0[base]);
-      if (a.in1) i1[0] = static_cast<A>(a.in1[base]);
-    }
-    for (int k = 0; k < w; ++k) {
-      if (!a.in1) i1[k] = A(0);
-      if (a.op == EW_BIAS_ACT && (a.bias_t || a.bias_a)) {
-        int64_t c = idiv(base + k, cstride, small);
-        c = c - idiv(c, csize, small) * csize;
-        i1[k] = bias_at(a.bias_t, a.bias_a, c);
-      }
-      ew_apply<A>(a.op, a.act, a.slope, a.gain, alpha, i0[k], i1[k], o0[k], o1[k]);
-    }
-    if (vec) {
+      PF_UNROLL
+      for (int k = 0; k < VEC; ++k) ew_elem(a, alpha, base + k, cstride, csize, small, i0[k], i1[k], o0[k], o1[k]);
       store_n<T, VEC>(a.out0 + base, o0);
       if (a.out1) store_n<T, VEC>(a.out1 + base, o1);
     } else {
-      a.out0[base] = static_cast<T>(o0[0]);
-      if (a.out1) a.out1[base] = static_cast<T>(o1[0]);
+      const int64_t i = nvec * VEC + (t - nvec);
+      A o0 = A(0), o1 = A(0);
+      ew_elem(a, alpha, i, cstride, csize, small, static_cast<A>(a.in0[i]), a.in1 ? static_cast<A>(a.in1[i]) : A(0),
+              o0, o1);
+      a.out0[i] = static_cast<T>(o0);
+      if (a.out1) a.out1[i] = static_cast<T>(o1);
     }
   }
 }
