@@ -73,6 +73,8 @@ def _make_step(variant, s, G, D):
     amp = None if variant == "eager_fp32" else torch.bfloat16
     channels_last = s.on_gpu and variant in ("fast", "triton_amp", "cuda_amp", "fast_graph")
     kwargs = dict(amp_dtype=amp, channels_last=channels_last, device=s.device)
+    if variant == "fast_graph":
+        kwargs["cuda_graph"] = True
     if variant == "compile_amp":
         if "compile" in inspect.signature(TrainStep).parameters:  # TrainStep compiles what it can
             return TrainStep(G, D, compile=True, **kwargs), "TrainStep(compile=True)"

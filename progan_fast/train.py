@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="fp16 adds dynamic loss scaling (CUDA only)")
     x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
     x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"], help="operator backend (default auto)")
+    x.add_argument("--cuda-graph", action="store_true",
+                   help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
+                        "it at <= 32 px, where the step is launch-bound (single GPU)")
     o = p.add_argument_group("output")
     o.add_argument("--outdir", default="runs", help="runs are created here as NNNNN-<data>-<res> (default runs/)")
     o.add_argument("--run-dir", help="exact run directory (must not already hold a run)")
@@ -116,6 +119,10 @@ def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
     """fp16 mixed precision uses dynamic loss scaling, which runs on CUDA only (new runs and resumes)."""
     if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp-dtype fp16 needs a CUDA device (dynamic loss scaling on GPU); use --amp-dtype bf16 on CPU")
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError("--cuda-graph needs a CUDA device")
+    if cfg.cuda_graph and cfg.world_size > 1:
+        raise ValueError("--cuda-graph is single-GPU only for now (the gradient all-reduce is not captured)")
 
 
 def load_dataset(cfg: TrainConfig):
@@ -178,7 +185,7 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+        for k in ("backend", "cuda_graph", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
         _check_precision_device(cfg, device)

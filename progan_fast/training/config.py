@@ -54,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     channels_last: bool | None = None  # None: on for CUDA
+    cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU, <= 32 px)
     tick_kimg: float = 20.0
     snapshot_ticks: int = 10
     grid_size: int = 64

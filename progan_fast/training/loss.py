@@ -11,7 +11,11 @@ import torch
 
 
 def _autocast(device_type: str, dtype):
-    return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    # The autocast weight cache must be off while a CUDA graph is captured (its casts would live in the
+    # graph's memory pool and be freed when the context exits).
+    capturing = device_type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                          cache_enabled=not capturing)
 
 
 def gradient_penalty(D, mixed: torch.Tensor, res_log2: int, alpha, *, gamma: float = 1.0, amp_dtype=None,

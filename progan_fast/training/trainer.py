@@ -100,7 +100,7 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
-                              world_size=cfg.world_size)
+                              world_size=cfg.world_size, cuda_graph=cfg.cuda_graph)
         self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
                                   mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
@@ -218,6 +218,10 @@ class Trainer:
                     bar.update(phase.minibatch / 1000)
                 done = self.cur_nimg >= stop_nimg
                 if self.cur_nimg >= self.tick_start_nimg + tick_nimg or done:
+                    if self.device.type == "cuda":  # steps never wait for the GPU; the tick does, once
+                        t_sync = time.time()
+                        torch.cuda.synchronize(self.device)
+                        self.elapsed += time.time() - t_sync
                     dt = time.time() - t_tick
                     record = self._tick_record(phase, sums, nsteps, dt)
                     if bar is not None:
