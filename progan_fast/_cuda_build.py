@@ -22,7 +22,8 @@ _warned: set[str] = set()
 
 
 class CudaExtensionUnavailable(ImportError):
-    """The compiled backend cannot be used; `progan_fast_warned` tells ops._backend not to warn again."""
+    """The compiled backend cannot be used. `progan_fast_warned`: the loader already warned (or chose
+    to stay quiet, with no GPU), so ops._backend must not warn again."""
 
     def __init__(self, msg: str, warned: bool = False):
         super().__init__(msg)
@@ -123,7 +124,7 @@ def load():
         return mod
     if not torch.cuda.is_available():
         # Nothing to run GPU kernels on: stay quiet (the reference / Triton interpreter serve CPU use).
-        raise CudaExtensionUnavailable(f"{reason} (and no CUDA device is available)")
+        raise CudaExtensionUnavailable(f"{reason} (and no CUDA device is available)", warned=True)
     jit_ok = os.environ.get("PROGAN_FAST_CUDA_JIT", "1") != "0" and _toolkit() is not None and bool(sources())
     _warn_once(reason + ("; trying a one-time JIT build (minutes; PROGAN_FAST_CUDA_JIT=0 turns it off)"
                          if jit_ok else ""))

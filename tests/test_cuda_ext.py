@@ -122,8 +122,9 @@ def test_no_gpu_is_quiet(monkeypatch):
     monkeypatch.setattr(_cuda_build, "_import_built", lambda: (None, "progan_fast._C is not built"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(ImportError, match="no CUDA device"):
+        with pytest.raises(ImportError, match="no CUDA device") as info:
             _cuda_build.load()
+    assert info.value.progan_fast_warned  # ops._backend stays quiet too
 
 
 def test_backend_registry_records_failure_without_a_second_warning(monkeypatch):
@@ -331,6 +332,31 @@ def test_matches_reference(name, dtype, layout):
 @pytest.mark.parametrize("name", ["bias_act_pixel_norm", "minibatch_stddev", "upsample_blend", "lerp"])
 def test_matches_reference_float64(name):
     _check_case(_backend_module(), name, torch.float64, "nchw")
+
+
+CONV_KW = dict(gain=math.sqrt(2), act="lrelu", slope=0.2, down=False, fused_scale=True, eps=1e-8)
+CASES_CONV = {  # fp32 only: in fp16/bf16 the conv's own low-precision backward amplifies 1-ulp gaps
+    "eq_conv2d_pixel_norm_up": (lambda o, x, w, b: o.eq_conv2d(x, w, b, pixel_norm=True, up=True, **CONV_KW),
+                                lambda dt, lo: (rand(3, 3, 2, 2, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt),
+                                                rand(5, dtype=dt))),
+    "eq_conv2d": (lambda o, x, w, b: o.eq_conv2d(x, w, b, pixel_norm=False, up=False, **CONV_KW),
+                  lambda dt, lo: (rand(3, 3, 4, 4, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
+}
+
+
+@pytest.fixture
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("name", list(CASES_CONV))
+def test_eq_conv2d_matches_reference(name, layout, monkeypatch, _no_tf32):
+    monkeypatch.setitem(CASES, name, CASES_CONV[name])
+    _check_case(_backend_module(), name, torch.float32, layout)
 
 
 def test_gradgradcheck_float64():
