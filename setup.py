@@ -5,6 +5,7 @@ PROGAN_FAST_CUDA=0 forces the extension off, =1 forces it on (failing loudly if 
 TORCH_CUDA_ARCH_LIST is respected; default: the local GPU's arch, else 8.0;9.0.
 """
 import glob
+import sys
 import os
 
 from setuptools import find_packages, setup
@@ -45,6 +46,7 @@ def _cuda_extension():
     if want == "0":
         return [], {}
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("kernels", "*.cu")))
+    _prefer_standard_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -79,7 +81,34 @@ def _cuda_extension():
         extra_compile_args={"cxx": ["-O3"],
                             "nvcc": ["-O3", "-lineinfo"]},
     )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    build_ext = BuildExtension.with_options(use_ninja=True)
+    if want == "1":
+        return [ext], {"build_ext": build_ext}
+
+    class BuildExtensionOrSkip(build_ext):
+        """auto mode: a failed compile must not fail the install. The package then runs on Triton /
+        the reference, and progan_fast warns at first use of impl="cuda" how to rebuild."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # compiler / linker errors surface as various exception types
+                print(f"progan_fast: WARNING: the CUDA extension failed to build ({type(exc).__name__}: {exc}); "
+                      "installing without it. Rebuild with PROGAN_FAST_CUDA=1 to see the error, "
+                      "CUDA_HOME=<toolkit> if the toolkit was not found.", file=sys.stderr)
+
+    return [ext], {"build_ext": BuildExtensionOrSkip}
+
+
+def _prefer_standard_cuda_home():
+    """torch finds the toolkit from $CUDA_HOME/$CUDA_PATH, else from `which nvcc`, else /usr/local/cuda. A
+    wrapper script named nvcc in /usr/local/bin makes it guess /usr/local, which then fails to link
+    -lcudart; prefer a real /usr/local/cuda in that case (must run before cpp_extension is imported)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    standard = "/usr/local/cuda"
+    if os.path.exists(os.path.join(standard, "bin", "nvcc")):
+        os.environ["CUDA_HOME"] = standard
 
 
 ext_modules, cmdclass = _cuda_extension()
