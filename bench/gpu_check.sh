@@ -119,6 +119,9 @@ if [[ $HAS_GPU == 1 ]]; then
   else
     say "SKIP triton_tests: tests/test_triton_ops.py not in this tree"; STATUS+=("triton_tests: absent")
   fi
+  if [[ -f tests/test_cuda_ext.py ]]; then
+    stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q -p no:cacheprovider
+  fi
   stage triton_conv_tests "${T_TRITON_CONV_TESTS:-50}" env PROGAN_FAST_TRITON_AUTOTUNE=0 \
     "$PY" -m pytest tests/test_triton_conv.py -q -p no:cacheprovider
 else

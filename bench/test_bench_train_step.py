@@ -10,6 +10,7 @@ Variants (speedups are reported against eager_fp32 of the same resolution):
                torch 2.11-2.14). PROGAN_BENCH_COMPILE_D=1 compiles D too, to re-check newer torch.
   fast         progan_fast ops (impl auto), bf16 autocast, channels_last on GPU
   triton_amp   every op on the Triton backend (impl triton), bf16 autocast, channels_last (GPU only)
+  cuda_amp     every op on the compiled CUDA backend (impl cuda), bf16 autocast, channels_last (GPU only)
   fast_graph   `fast` captured in a CUDA graph by TrainStep.capture (4-16 px; target >= 5x eager)
 
 FLOPs per image come from bench/flops.py (4 F_G + 14 F_D, see there), so every case reports MFU
@@ -37,7 +38,7 @@ try:
 except ImportError as exc:  # the models / training step land on main separately
     _IMPORT_ERROR = exc
 
-VARIANTS = ("eager_fp32", "eager_amp", "compile_amp", "fast", "triton_amp", "fast_graph")
+VARIANTS = ("eager_fp32", "eager_amp", "compile_amp", "fast", "triton_amp", "cuda_amp", "fast_graph")
 FUSED_SCALE = False  # the models' default; flops.py counts the form that runs
 COMPILE_D = os.environ.get("PROGAN_BENCH_COMPILE_D") == "1"
 
@@ -70,8 +71,10 @@ def _release_memory(settings):
 
 def _make_step(variant, s, G, D):
     amp = None if variant == "eager_fp32" else torch.bfloat16
-    channels_last = s.on_gpu and variant in ("fast", "triton_amp", "fast_graph")
+    channels_last = s.on_gpu and variant in ("fast", "triton_amp", "cuda_amp", "fast_graph")
     kwargs = dict(amp_dtype=amp, channels_last=channels_last, device=s.device)
+    if variant == "fast_graph":
+        kwargs["cuda_graph"] = True
     if variant == "compile_amp":
         if "compile" in inspect.signature(TrainStep).parameters:  # TrainStep compiles what it can
             return TrainStep(G, D, compile=True, **kwargs), "TrainStep(compile=True)"
@@ -92,7 +95,13 @@ def test_train_step(benchmark, step_case, settings, ceilings):
         pytest.skip("CUDA graphs need a CUDA device")
     if variant == "triton_amp" and not s.on_gpu:
         pytest.skip("triton_amp is a GPU case (the interpreter measures nothing useful)")
-    backend = "ref" if variant.startswith(("eager", "compile")) else ("triton" if variant == "triton_amp" else "auto")
+    if variant == "cuda_amp":
+        if not s.on_gpu:
+            pytest.skip("cuda_amp is a GPU case")
+        if "cuda" not in ops.available_backends():
+            pytest.skip(f"cuda backend unavailable: {ops.backend_error('cuda')}")
+    backend = {"triton_amp": "triton", "cuda_amp": "cuda"}.get(
+        variant, "ref" if variant.startswith(("eager", "compile")) else "auto")
     r = log2(res)
     batch = s.batch(res)
     model_res = max(RESOLUTIONS) if s.on_gpu else max(s.step_resolutions)

@@ -163,7 +163,7 @@ class Discriminator(_Arch):
 
     def __init__(self, resolution: int = 1024, num_channels: int = 3, *, fmap_base: int = 8192,
                  fmap_decay: float = 1.0, fmap_max: int = 512, mbstd_group_size: int = 4,
-                 fused_scale: bool = False, num_classes: int = 0, cond_head: str = "acgan"):
+                 fused_scale: bool = False, num_classes: int = 0, cond_head: str = "projection"):
         super().__init__(resolution, num_channels, fmap_base, fmap_decay, fmap_max)
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")

@@ -23,7 +23,7 @@ EPILOG = """examples:
   python -m progan_fast.train --amp                     # FashionMNIST, preset picked for this machine
   python -m progan_fast.train --data imgs/ --resolution 128 --mirror --amp
   python -m progan_fast.train --resume runs/00000-fashion-mnist-32
-  python -m progan_fast.train --amp --cond --cond-head projection   # class-conditional (docs/conditional.md)
+  python -m progan_fast.train --amp --cond                          # class-conditional (docs/conditional.md)
   torchrun --nproc_per_node=8 -m progan_fast.train --data imgs/ --amp     (multi-GPU: see README)
 """
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m progan_fast.train", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=S)
     d = p.add_argument_group("data")
-    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a folder of images, a .npy/.npz "
+    d.add_argument("--data", help="dataset: 'fashion-mnist' (default), a dataset directory made by "
+                                  "`python -m progan_fast.dataset create` (fastest), a folder of images, a .npy/.npz "
                                   "array (uint8, key 'images'), or a folder of MNIST-style IDX files")
     d.add_argument("--resolution", type=int, help="training resolution (power of two); default: the data's")
     d.add_argument("--mirror", action="store_true", help="mirror augment: horizontal flips with p=0.5")
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("class-conditional (docs/conditional.md)")
     c.add_argument("--cond", action="store_true", help="condition G and D on the dataset's class labels")
     c.add_argument("--cond-head", choices=["acgan", "projection"],
-                   help="D's conditioning: 'acgan' auxiliary classifier (official; default) or 'projection'")
+                   help="D's conditioning: 'projection' (default; measured, docs/conditional.md) or 'acgan' "
+                        "auxiliary classifier (the official code's)")
     c.add_argument("--cond-weight", type=float, metavar="W", help="AC-GAN label-loss weight (default 1.0, official)")
     c.add_argument("--label-embed-size", type=int, metavar="E", help="width of G's learned label embedding (default: latent size)")
     t = p.add_argument_group("schedule and optimization")
@@ -67,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="fp16 adds dynamic loss scaling (CUDA only)")
     x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
     x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"], help="operator backend (default auto)")
+    x.add_argument("--cuda-graph", action="store_true",
+                   help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
+                        "it at <= 32 px, where the step is launch-bound (single GPU)")
+    x.add_argument("--loader", choices=["auto", "torch", "dali"],
+                   help="data loader: 'dali' (NVIDIA DALI; GPU JPEG decode), 'torch', or 'auto' (default: dali "
+                        "when installed and on CUDA)")
     o = p.add_argument_group("output")
     o.add_argument("--outdir", default="runs", help="runs are created here as NNNNN-<data>-<res> (default runs/)")
     o.add_argument("--run-dir", help="exact run directory (must not already hold a run)")
@@ -123,21 +131,17 @@ def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
     """fp16 mixed precision uses dynamic loss scaling, which runs on CUDA only (new runs and resumes)."""
     if cfg.amp and cfg.amp_dtype == "fp16" and device.type != "cuda":
         raise ValueError("--amp-dtype fp16 needs a CUDA device (dynamic loss scaling on GPU); use --amp-dtype bf16 on CPU")
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError("--cuda-graph needs a CUDA device")
+    if cfg.cuda_graph and cfg.world_size > 1:
+        raise ValueError("--cuda-graph is single-GPU only for now (the gradient all-reduce is not captured)")
 
 
 def load_dataset(cfg: TrainConfig):
-    from .data import MultiResolutionDataset, load_fashion_mnist, load_images
-    if cfg.data in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        images, labels, desc = load_fashion_mnist("auto")
-    else:
-        images, labels = load_images(cfg.data)[:2]
-        desc = str(cfg.data)
-    dataset = MultiResolutionDataset(images, labels)
+    from .data import load_dataset as _load  # fashion-mnist, dataset dirs, image folders, arrays, IDX
+    dataset, desc = _load(cfg.data, cfg.resolution)
     if cfg.resolution is None:
         cfg.resolution = dataset.resolution
-    elif cfg.resolution > dataset.resolution:
-        raise ValueError(f"--resolution {cfg.resolution} exceeds the dataset's resolution {dataset.resolution}; "
-                         f"use --resolution {dataset.resolution} or a larger dataset")
     cfg.num_channels = dataset.num_channels
     return dataset, desc
 
@@ -197,7 +201,7 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+        for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
             if k in given:
                 setattr(cfg, k, given[k])
         _check_precision_device(cfg, device)

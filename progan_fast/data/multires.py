@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["MultiResolutionDataset", "pad_to_power_of_two", "MIN_RESOLUTION"]
+__all__ = ["MultiResolutionDataset", "pad_to_power_of_two", "box_levels", "level_sizes", "MIN_RESOLUTION"]
 
 MIN_RESOLUTION = 4
 _CHUNK_BYTES = 256 << 20  # float32 working set per chunk while building levels
@@ -57,6 +57,32 @@ def pad_to_power_of_two(images_nchw: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(images_nchw, (before, after, before, after), value=0)
 
 
+def level_sizes(full: int, keep_max: int | None = None) -> list[int]:
+    """Powers of two from min(full, keep_max) down to MIN_RESOLUTION, largest first."""
+    top = full if keep_max is None else min(full, keep_max)
+    return [top >> k for k in range(top.bit_length()) if (top >> k) >= MIN_RESOLUTION]
+
+
+def box_levels(images_nhwc: torch.Tensor, keep_max: int | None = None) -> dict[int, torch.Tensor]:
+    """uint8 levels {r: [n, C, r, r]} of one chunk of uint8 NHWC images: pad to a power of two, then
+    the float32 2x2 box chain down to 4 px, each level rounded (half to even) only when stored.
+
+    Levels above keep_max are computed (the chain starts at the full image) but not returned. Shared by
+    MultiResolutionDataset and the dataset tool, so both store bit-identical levels.
+    """
+    c = images_nhwc.shape[3]
+    x = pad_to_power_of_two(images_nhwc.permute(0, 3, 1, 2)).to(torch.float32)
+    full = x.shape[-1]
+    keep = set(level_sizes(full, keep_max))
+    out = {}
+    for r in level_sizes(full):
+        if r != full:  # 2x2 box of the previous float level
+            x = x.view(x.shape[0], c, r, 2, r, 2).mean(dim=(3, 5))
+        if r in keep:
+            out[r] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
 class MultiResolutionDataset:
     """uint8 levels [N, C, r, r] for r = resolution, resolution/2, ..., 4, plus labels.
 
@@ -97,18 +123,12 @@ class MultiResolutionDataset:
     @staticmethod
     def _build_levels(images_nhwc: torch.Tensor, full: int, keep_max: int) -> dict[int, torch.Tensor]:
         n, _, _, c = images_nhwc.shape
-        sizes = [full >> k for k in range(full.bit_length()) if (full >> k) >= MIN_RESOLUTION]
-        levels = {r: torch.empty((n, c, r, r), dtype=torch.uint8) for r in sizes if r <= keep_max}
+        sizes = level_sizes(full, keep_max)
+        levels = {r: torch.empty((n, c, r, r), dtype=torch.uint8) for r in sizes}
         chunk = max(1, _CHUNK_BYTES // (4 * c * full * full))
         for start in range(0, n, chunk):
-            x = images_nhwc[start:start + chunk].permute(0, 3, 1, 2)
-            x = pad_to_power_of_two(x).to(torch.float32)
-            for r in sizes:
-                if r != full:  # 2x2 box of the previous float level
-                    b = x.shape[0]
-                    x = x.view(b, c, r, 2, r, 2).mean(dim=(3, 5))
-                if r in levels:
-                    levels[r][start:start + x.shape[0]] = x.round().clamp_(0, 255).to(torch.uint8)
+            for r, x in box_levels(images_nhwc[start:start + chunk], keep_max).items():
+                levels[r][start:start + x.shape[0]] = x
         return levels
 
     def __len__(self) -> int:

@@ -1,6 +1,7 @@
 """Turn a user's --data path into uint8 images [N, H, W, C] (+ labels), or one clear error.
 
 Accepted (checked in this order):
+  * a dataset directory written by `python -m progan_fast.dataset create` (its top level)
   * a .npy file: uint8 [N, H, W, C] or [N, H, W]
   * a .npz file: key "images" as above, optional key "labels" (integers, one per image)
   * an IDX file (`*images*idx3-ubyte[.gz]`), or a folder holding MNIST / FashionMNIST IDX files
@@ -25,14 +26,40 @@ import numpy as np
 
 from .idx import read_idx
 
-__all__ = ["load_images", "IMAGE_EXTENSIONS"]
+__all__ = ["load_images", "load_dataset", "IMAGE_EXTENSIONS", "FASHION_MNIST_NAMES"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_IMAGES = re.compile(r"^(?P<prefix>.*)images[-.]idx3-ubyte(\.gz)?$")
 _GRAY_MODES = {"1", "L", "LA"}
 _COLOR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA", "LAB", "HSV"}
-_SUPPORTED = ("a .npy/.npz file with uint8 images, an MNIST/FashionMNIST IDX folder, "
-              "or a folder of PNG/JPEG images")
+_SUPPORTED = ("a dataset directory made by `python -m progan_fast.dataset create`, a .npy/.npz file with "
+              "uint8 images, an MNIST/FashionMNIST IDX folder, or a folder of PNG/JPEG images")
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
+
+
+def load_dataset(data: str | os.PathLike, resolution: int | None = None):
+    """The trainer's one entry point for --data: returns (dataset, description).
+
+    A dataset directory (made by `python -m progan_fast.dataset create`) opens as a StoredDataset
+    (memory-mapped raw levels, JPEG/PNG levels decoded on demand); 'fashion-mnist' and everything
+    load_images accepts become an in-memory MultiResolutionDataset. `resolution` larger than the
+    data's is an error; smaller keeps the levels at and below it.
+    """
+    from .fashion_mnist import load_fashion_mnist
+    from .multires import MultiResolutionDataset
+    from .stored import StoredDataset, is_dataset_dir
+    if str(data) in FASHION_MNIST_NAMES and not os.path.exists(data):
+        images, labels, desc = load_fashion_mnist("auto")
+    elif is_dataset_dir(os.path.expanduser(os.fspath(data))):
+        ds = StoredDataset(os.path.expanduser(os.fspath(data)), resolution)
+        return ds, ds.description()
+    else:
+        images, labels, desc = load_images(data)
+    dataset = MultiResolutionDataset(images, labels)
+    if resolution is not None and resolution > dataset.resolution:
+        raise ValueError(f"--resolution {resolution} exceeds the dataset's resolution {dataset.resolution}; "
+                         f"use --resolution {dataset.resolution} or a larger dataset")
+    return dataset, desc
 
 
 def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -41,6 +68,12 @@ def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None,
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path} does not exist; pass {_SUPPORTED}")
     if os.path.isdir(path):
+        from .stored import StoredDataset, is_dataset_dir
+        if is_dataset_dir(path):  # its top level, as stored (JPEG levels decoded)
+            ds = StoredDataset(path)
+            top = ds.level(ds.resolution)
+            images = np.ascontiguousarray(top[:len(top)].numpy().transpose(0, 2, 3, 1))
+            return images, (ds.labels.numpy() if ds.has_labels else None), ds.description()
         idx = _idx_in_folder(path)
         if idx is not None:
             return _load_idx(idx)

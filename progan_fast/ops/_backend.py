@@ -55,7 +55,8 @@ def _ensure_loaded(backend: str) -> bool:
     except Exception as exc:  # a broken optional backend must never break the package
         _load_state[backend] = False
         _load_errors[backend] = f"{type(exc).__name__}: {exc}"
-        if backend == "cuda" and not isinstance(exc, ModuleNotFoundError):
+        # The CUDA loader warns itself (once, with the rebuild command) and marks the error.
+        if backend == "cuda" and not isinstance(exc, ModuleNotFoundError) and not getattr(exc, "progan_fast_warned", False):
             warnings.warn(f"progan_fast: CUDA extension unavailable ({_load_errors[backend]}); "
                           "falling back to Triton / reference. Rebuild with "
                           "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=3)

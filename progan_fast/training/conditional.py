@@ -24,7 +24,7 @@ def dataset_num_classes(dataset, source: str = "the dataset") -> int:
     """max(label) + 1 of a MultiResolutionDataset, or one clear error if it has no usable labels."""
     if not getattr(dataset, "has_labels", False):
         raise ValueError(f"--cond needs class labels, but {source} has none (an .npz needs a 'labels' key, "
-                         "IDX data a matching *labels-idx1-ubyte file); drop --cond to train unconditionally")
+                         "IDX data a matching *labels-idx1-ubyte file, a dataset directory needs labels at creation); drop --cond to train unconditionally")
     labels = dataset.labels
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0:

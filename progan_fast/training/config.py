@@ -41,7 +41,7 @@ class TrainConfig:
     fused_scale: bool = False
     mbstd_group_size: int = 4
     cond: bool = False  # class-conditional G and D (labels from the dataset)
-    cond_head: str = "acgan"  # D's conditioning: 'acgan' (auxiliary classifier) or 'projection'
+    cond_head: str = "projection"  # D's conditioning: 'projection' or 'acgan' (auxiliary classifier, official)
     cond_weight: float = 1.0  # AC-GAN label-loss weight (official cond_weight)
     label_embed_size: int | None = None  # G's label embedding width; None: latent_size
     num_classes: int = 0  # filled from the dataset's labels when cond
@@ -60,7 +60,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
+    loader: str = "auto"  # data loader: torch | dali | auto (dali when installed and on CUDA)
     channels_last: bool | None = None  # None: on for CUDA
+    cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU, <= 32 px)
     tick_kimg: float = 20.0
     snapshot_ticks: int = 10
     grid_size: int = 64
@@ -117,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"--cond-head must be acgan or projection, got {self.cond_head!r}")
         if self.cond_weight < 0 or (self.label_embed_size is not None and self.label_embed_size < 1):
             raise ValueError("--cond-weight must be >= 0 and --label-embed-size >= 1")
+        if self.loader not in ("auto", "torch", "dali"):
+            raise ValueError(f"--loader must be auto, torch or dali, got {self.loader!r}")
         if self.fmap_base < 1 or self.fmap_max < 1:
             raise ValueError("--fmap-base and --fmap-max must be >= 1")
 

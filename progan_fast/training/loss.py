@@ -18,7 +18,11 @@ import torch.nn.functional as F
 
 
 def _autocast(device_type: str, dtype):
-    return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    # The autocast weight cache must be off while a CUDA graph is captured (its casts would live in the
+    # graph's memory pool and be freed when the context exits).
+    capturing = device_type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return torch.autocast(device_type=device_type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                          cache_enabled=not capturing)
 
 
 def _d(D, x, res_log2, alpha, labels):

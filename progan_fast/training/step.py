@@ -3,10 +3,18 @@
 Optimizers: Adam(beta1=0, beta2=0.99, eps=1e-8) for G and D, each with its own loss scaler under
 fp16 (official: separate loss scaling per optimizer). A step whose gradients are not finite is
 skipped (the optimizer is not stepped) and counted, under every precision.
+
+No host synchronization: the skip is decided on the device. The fused Adam kernel takes a
+`found_inf` flag and leaves parameters, moments and step count untouched when it is set (under fp16
+the GradScaler hands it the same flag), and the skip counter is a device tensor read only when
+asked. That is what lets `cuda_graph=True` capture the whole iteration (D step with the penalty's
+double backward, G step, EMA) in one CUDA graph per phase shape and replay it: at 4-16 px the step is
+bound by kernel launches, not by the GPU.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +30,17 @@ def unwrap(module):
     return module
 
 
+@dataclass
+class _GraphEntry:
+    """A captured iteration for one phase shape: the graph and its static input/output tensors."""
+    warm: int = 0
+    graph: "torch.cuda.CUDAGraph | None" = None
+    reals: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+
 class TrainStep:
     """Holds G, D, Gs (EMA of G), the optimizers and loss scalers; `step(reals, res_log2, alpha)`."""
 
@@ -29,6 +48,7 @@ class TrainStep:
                  ema_beta: float = 0.999, wgan_lambda: float = 10.0, wgan_target: float = 1.0,
                  drift: float = 1e-3, channels_last: bool = False, device=None, Gs=None,
                  generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
+                 cuda_graph: bool = False, graph_max_res_log2: int = 5, graph_warmup: int = 2,
                  cond_weight: float = 1.0):
         self.G, self.D = G, D
         g_mod = unwrap(G)
@@ -40,13 +60,21 @@ class TrainStep:
         self.wgan_lambda, self.wgan_target, self.drift = wgan_lambda, wgan_target, drift
         self.channels_last = channels_last
         self.lr, self.betas, self.adam_eps = lr, tuple(betas), adam_eps
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
+        if cuda_graph and world_size > 1:
+            raise ValueError("cuda_graph=True is single-process only for now (the gradient all-reduce is not "
+                             "captured); run without it under torchrun")
+        self.cuda_graph, self.graph_max_res_log2, self.graph_warmup = cuda_graph, graph_max_res_log2, graph_warmup
+        self._graphs: dict[tuple, _GraphEntry] = {}
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._one = torch.ones((), dtype=torch.float32, device=self.device)
         self.opt_g = self.opt_d = None
         self.reset_optimizers()
         fp16 = amp_dtype == torch.float16
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.generator = generator or torch.Generator(self.device).manual_seed(0)
-        self.skipped_steps = 0
         # Data parallel: every rank holds the same generator state and draws the *global* batch of
         # latents / mixing factors, keeping its interleaved share (the data stream shards the same
         # way), so N ranks x B compute exactly what 1 rank x N*B would, and resume works at any size.
@@ -55,20 +83,44 @@ class TrainStep:
 
     # -- optimizer state -------------------------------------------------------------------------------
     def _adam(self, module):
-        kw = dict(lr=self.lr, betas=self.betas, eps=self.adam_eps)
-        if self.device.type == "cuda":
-            kw["foreach"] = True
-        return torch.optim.Adam(unwrap(module).parameters(), **kw)
+        """Fused Adam: one kernel for all parameters, and it honours `found_inf` on the device. Under
+        CUDA graphs it is capturable and its learning rate is a device tensor (set_lr fills it)."""
+        lr = torch.tensor(self.lr, dtype=torch.float32, device=self.device) if self.cuda_graph else self.lr
+        return torch.optim.Adam(unwrap(module).parameters(), lr=lr, betas=self.betas, eps=self.adam_eps,
+                                fused=True, capturable=self.cuda_graph)
 
     def reset_optimizers(self) -> None:
-        """Fresh Adam state (the official code resets it whenever floor(lod) or ceil(lod) changes)."""
+        """Fresh Adam state (the official code resets it whenever floor(lod) or ceil(lod) changes).
+        Captured graphs point at the old state, so they are dropped."""
+        self._graphs.clear()
         self.opt_g, self.opt_d = self._adam(self.G), self._adam(self.D)
 
     def set_lr(self, lr: float) -> None:
-        self.lr = lr
+        lr = float(lr)
+        if lr != self.lr:
+            self.lr = lr
+            self._sync_lr()
+
+    def _sync_lr(self) -> None:
+        """Every param group's lr := self.lr (a device tensor, filled in place, when graphs are on)."""
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
-                group["lr"] = lr
+                if self.cuda_graph:
+                    if not isinstance(group["lr"], torch.Tensor):
+                        group["lr"] = torch.tensor(self.lr, dtype=torch.float32, device=self.device)
+                        self._graphs.clear()
+                    group["lr"].fill_(self.lr)
+                else:
+                    group["lr"] = self.lr
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for non-finite gradients (reading it synchronizes with the device)."""
+        return int(self._skipped)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped.fill_(int(value))
 
     # -- the iteration ---------------------------------------------------------------------------------
     def _latents(self, n: int) -> torch.Tensor:
@@ -98,41 +150,51 @@ class TrainStep:
         for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(synced)
 
-    def _apply(self, loss, opt, scaler, params) -> bool:
-        """Backward + optimizer step unless the gradients are non-finite. Returns True if applied."""
+    def _apply(self, loss, opt, scaler, params) -> None:
+        """Backward + optimizer step; a step with non-finite gradients is skipped on the device and
+        counted in self._skipped (no host synchronization either way)."""
         opt.zero_grad(set_to_none=True)
         if scaler.is_enabled():
             scaler.scale(loss).backward()
             self._allreduce_grads(params)
-            before = scaler.get_scale()
-            scaler.step(opt)
+            before = scaler._scale.clone()  # the scale tensor; get_scale() would synchronize
+            scaler.step(opt)  # fused Adam: the scaler passes grad_scale and found_inf to the kernel
             scaler.update()
-            applied = scaler.get_scale() >= before
+            self._skipped += (scaler._scale < before).to(torch.int64)
         else:
             loss.backward()
             self._allreduce_grads(params)
             grads = [p.grad for p in params if p.grad is not None]
-            applied = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-            if applied:
-                opt.step()
-        if not applied:
-            self.skipped_steps += 1
-            opt.zero_grad(set_to_none=True)
-        return applied
+            found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
+            if grads:  # sets found_inf to 1 if any entry is inf/nan (multiplies by 1: grads unchanged)
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+            opt.found_inf = found_inf
+            opt.step()
+            self._skipped += found_inf.to(torch.int64)
 
     def __call__(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
         return self.step(reals, res_log2, alpha, labels)
 
-    def step(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
-        """One D, G and EMA step. `labels` [N] (class-conditional runs only): the reals' classes; the
-        D step's fakes are made from them (official), the G step draws uniform fake labels."""
-        G, D, dev = self.G, self.D, self.device
-        if labels is not None:
-            labels = labels.to(dev, non_blocking=True)
-        cond = {} if labels is None else dict(labels=labels, cond_weight=self.cond_weight)
-        reals = reals.to(dev, torch.float32, non_blocking=True)
+    def _prepare(self, reals: torch.Tensor) -> torch.Tensor:
+        reals = reals.to(self.device, torch.float32, non_blocking=True)
         if self.channels_last:
             reals = reals.contiguous(memory_format=torch.channels_last)
+        return reals
+
+    def step(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
+        """One iteration. Returns detached 0-d stat tensors (d_loss, penalty, scores, g_loss).
+        `labels` [N] (class-conditional runs only): the reals' classes; the D step's fakes are made
+        from them (official), the G step draws uniform fake labels."""
+        reals = self._prepare(reals)
+        if labels is not None:
+            labels = labels.to(self.device, non_blocking=True)
+        if self.cuda_graph and res_log2 <= self.graph_max_res_log2:
+            return self._graphed_step(reals, res_log2, alpha, labels)
+        return self._step(reals, res_log2, alpha, labels)
+
+    def _step(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None) -> dict:
+        G, D, dev = self.G, self.D, self.device
+        cond = {} if labels is None else dict(labels=labels, cond_weight=self.cond_weight)
         n = reals.shape[0]
         d_params = list(unwrap(D).parameters())
         g_params = list(unwrap(G).parameters())
@@ -162,6 +224,65 @@ class TrainStep:
         stats["g_loss"] = g_loss.detach()
         return stats
 
+    # -- CUDA graphs -----------------------------------------------------------------------------------
+    def _graphed_step(self, reals: torch.Tensor, res_log2: int, alpha, labels=None) -> dict:
+        """Eager warm-up steps (on a side stream: lazy optimizer/scaler state, cuDNN and Triton autotuning),
+        then one capture per (resolution, batch, fading, layout) and replays. Every call is a real
+        training step; the capture's own step is executed by its first replay."""
+        from ..models import _fading
+        fading = _fading(alpha)
+        key = (res_log2, tuple(reals.shape), reals.stride(), fading)
+        entry = self._graphs.get(key)
+        if entry is None:
+            self._graphs = {k: v for k, v in self._graphs.items() if k[0] == res_log2}  # older phases: free
+            entry = self._graphs[key] = _GraphEntry()
+        if entry.graph is None and entry.warm < self.graph_warmup:
+            entry.warm += 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                stats = self._step(reals, res_log2, alpha, labels)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return stats
+        if entry.graph is None:
+            self._capture(entry, reals, res_log2, alpha, fading, labels)
+        entry.reals.copy_(reals)
+        if labels is not None:
+            entry.labels.copy_(labels)
+        if fading:
+            entry.alpha.fill_(float(alpha)) if not isinstance(alpha, torch.Tensor) else entry.alpha.copy_(alpha)
+        entry.graph.replay()
+        return {k: v.clone() for k, v in entry.stats.items()}
+
+    def capture(self, reals: torch.Tensor, res_log2: int, alpha, labels: torch.Tensor | None = None):
+        """Warm up and capture this phase's iteration now (each warm-up is a real step); returns a
+        callable that replays it on the captured inputs and returns the static stats (benchmarks)."""
+        if not self.cuda_graph:
+            raise ValueError("capture() needs TrainStep(cuda_graph=True)")
+        reals = self._prepare(reals)
+        labels = None if labels is None else labels.to(self.device)
+        while True:
+            self._graphed_step(reals, res_log2, alpha, labels)
+            entry = next((e for k, e in self._graphs.items() if k[0] == res_log2 and k[1] == tuple(reals.shape)
+                          and e.graph is not None), None)
+            if entry is not None:
+                break
+
+        def replay() -> dict:
+            entry.graph.replay()
+            return entry.stats
+        return replay
+
+    def _capture(self, entry: "_GraphEntry", reals, res_log2: int, alpha, fading: bool, labels=None) -> None:
+        entry.reals = reals.clone(memory_format=torch.preserve_format)
+        entry.labels = None if labels is None else labels.clone()
+        entry.alpha = torch.tensor(float(alpha) if fading else 1.0, dtype=torch.float32, device=self.device)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)  # latents and mixing factors advance per replay
+        with torch.cuda.graph(graph):
+            entry.stats = self._step(entry.reals, res_log2, entry.alpha if fading else 1.0, entry.labels)
+        entry.graph = graph
+
     @torch.no_grad()
     def update_ema(self) -> None:
         """Gs = lerp(G, Gs, beta) for every parameter and buffer."""
@@ -185,6 +306,7 @@ class TrainStep:
         self.reset_optimizers()
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        self._sync_lr()  # the saved groups may carry the lr in the other form (float vs tensor)
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
         try:

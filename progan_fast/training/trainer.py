@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .. import ops
-from ..data import BatchStream, MultiResolutionDataset
+from ..data import MultiResolutionDataset
+from ..data.dali import make_batch_stream
 from ..models import Discriminator, Generator
 from ..utils.images import grid, save_png, to_uint8_nhwc
 from .checkpoint import FORMAT_VERSION, LATEST, save_atomic
@@ -104,9 +105,9 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
-                              world_size=cfg.world_size, cond_weight=cfg.cond_weight)
-        self.stream = BatchStream(dataset, seed=cfg.seed, rank=rank, world_size=cfg.world_size,
-                                  mirror=cfg.mirror, device=self.device)
+                              world_size=cfg.world_size, cuda_graph=cfg.cuda_graph, cond_weight=cfg.cond_weight)
+        self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
+                                        world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
         self.total_nimg = int(round(total_kimg(cfg) * 1000))
         self.cur_nimg = 0
@@ -225,6 +226,10 @@ class Trainer:
                     bar.update(phase.minibatch / 1000)
                 done = self.cur_nimg >= stop_nimg
                 if self.cur_nimg >= self.tick_start_nimg + tick_nimg or done:
+                    if self.device.type == "cuda":  # steps never wait for the GPU; the tick does, once
+                        t_sync = time.time()
+                        torch.cuda.synchronize(self.device)
+                        self.elapsed += time.time() - t_sync
                     dt = time.time() - t_tick
                     record = self._tick_record(phase, sums, nsteps, dt)
                     if bar is not None:

@@ -1,0 +1,141 @@
+"""The training step without host synchronization, and its CUDA-graph capture (TrainStep(cuda_graph=True)).
+
+CPU: the device-side skip of non-finite steps (parameters, Adam moments and step count untouched; the
+counter is a device tensor). GPU: no host sync inside an eager step (sync debug mode "error"), and a
+graphed run (warm-up, capture, replays through a fade and a non-finite batch) equals the eager run.
+"""
+import copy
+
+import pytest
+import torch
+
+from progan_fast.models import Discriminator, Generator
+from progan_fast.training.step import TrainStep
+
+
+def _nets(res=16, ch=1, device="cpu"):
+    G = Generator(res, ch, fmap_base=64, fmap_max=16, latent_size=16).to(device)
+    D = Discriminator(res, ch, fmap_base=64, fmap_max=16).to(device)
+    return G, D
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+def test_nonfinite_d_step_is_skipped_on_device(amp_dtype):
+    G, D = _nets()
+    step = TrainStep(G, D, amp_dtype=amp_dtype)
+    d0, g0 = copy.deepcopy(D.state_dict()), copy.deepcopy(G.state_dict())
+    reals = torch.randn(4, 1, 8, 8)
+    reals[1, 0, 2, 3] = float("nan")
+    stats = step(reals, 3, 1.0)
+    assert isinstance(step._skipped, torch.Tensor) and step.skipped_steps == 1  # D skipped, G applied
+    assert not torch.isfinite(stats["d_loss"])
+    for k, v in D.state_dict().items():
+        assert torch.equal(v, d0[k]), k
+    for state in step.opt_d.state.values():  # the fused kernel left the moments and the step count alone
+        assert float(state["step"]) == 0
+        assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    assert any(not torch.equal(v, g0[k]) for k, v in G.state_dict().items())
+    assert all(float(s["step"]) == 1 for s in step.opt_g.state.values())
+    step(torch.randn(4, 1, 8, 8), 3, 1.0)
+    assert step.skipped_steps == 1
+    assert any(not torch.equal(v, d0[k]) for k, v in D.state_dict().items())
+
+
+def test_skip_counter_round_trips_through_state_dict():
+    G, D = _nets()
+    step = TrainStep(G, D)
+    step.skipped_steps = 3
+    state = step.state_dict()
+    assert state["skipped_steps"] == 3 and isinstance(state["skipped_steps"], int)
+    other = TrainStep(*_nets())
+    other.load_state_dict(state)
+    assert other.skipped_steps == 3
+
+
+def test_set_lr_changes_the_optimizer_rate():
+    step = TrainStep(*_nets(), lr=1e-3)
+    step.set_lr(2e-3)
+    assert all(g["lr"] == 2e-3 for opt in (step.opt_g, step.opt_d) for g in opt.param_groups)
+    step.reset_optimizers()
+    assert all(g["lr"] == 2e-3 for opt in (step.opt_g, step.opt_d) for g in opt.param_groups)
+
+
+def test_cuda_graph_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device"):
+        TrainStep(*_nets(), cuda_graph=True)
+
+
+def test_cuda_graph_refuses_multi_process():
+    with pytest.raises(ValueError, match="needs a CUDA device|single-process"):
+        TrainStep(*_nets(), cuda_graph=True, world_size=2)
+
+
+# -- GPU ---------------------------------------------------------------------------------------------
+
+AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
+def test_eager_step_never_synchronizes(amp):
+    G, D = _nets(device="cuda")
+    step = TrainStep(G, D, amp_dtype=AMP[amp], channels_last=True)
+    reals = torch.randn(8, 1, 8, 8, device="cuda")
+    step(reals, 3, 1.0)  # lazy state (optimizer, scaler, cuDNN) outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for alpha in (1.0, 0.3):
+            step(reals, 3, alpha)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def _run(step, batches):
+    out = []
+    for reals, res_log2, alpha in batches:
+        out.append({k: v.float().cpu() for k, v in step(reals, res_log2, alpha).items()})
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
+def test_graphed_run_equals_eager_run(amp):
+    torch.manual_seed(0)
+    G, D = _nets(device="cuda")
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    kw = dict(amp_dtype=AMP[amp], channels_last=False)
+    eager = TrainStep(G, D, generator=torch.Generator("cuda").manual_seed(7), **kw)
+    graphed = TrainStep(G2, D2, generator=torch.Generator("cuda").manual_seed(7), cuda_graph=True, **kw)
+    g = torch.Generator("cuda").manual_seed(1)
+    batches = [(torch.randn(8, 1, 8, 8, device="cuda", generator=g), 3, 1.0) for _ in range(5)]
+    bad = torch.randn(8, 1, 8, 8, device="cuda", generator=g)
+    bad[2, 0, 1, 1] = float("inf")
+    batches += [(bad, 3, 1.0), (batches[0][0], 3, 1.0)]
+    batches += [(torch.randn(8, 1, 16, 16, device="cuda", generator=g), 4, a) for a in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    s_eager, s_graph = _run(eager, batches), _run(graphed, batches)
+    assert any(e.graph is not None for e in graphed._graphs.values()), "nothing was captured"
+    tol = dict(rtol=1e-5, atol=1e-6) if amp == "fp32" else dict(rtol=1e-3, atol=1e-4)
+    for a, b in zip(s_eager, s_graph):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], equal_nan=True, **tol)
+    assert eager.skipped_steps == graphed.skipped_steps >= 1
+    for m1, m2 in ((G, G2), (D, D2), (eager.Gs, graphed.Gs)):
+        for (n, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+            torch.testing.assert_close(p1, p2, msg=n, **tol)
+    # the latent generator advanced identically, so a checkpoint resumes the same stream
+    assert torch.equal(eager.generator.get_state(), graphed.generator.get_state())
+
+
+@pytest.mark.gpu
+def test_capture_returns_a_replay():
+    G, D = _nets(device="cuda")
+    step = TrainStep(G, D, amp_dtype=torch.bfloat16, cuda_graph=True, channels_last=True)
+    reals = torch.randn(8, 1, 8, 8, device="cuda")
+    replay = step.capture(reals, 3, 1.0)
+    before = [p.clone() for p in D.parameters()]
+    stats = replay()
+    torch.cuda.synchronize()
+    assert torch.isfinite(stats["d_loss"]) and any(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
