@@ -116,7 +116,9 @@ class Generator(_Arch):
         `label_embedding` [N, label_embed_size] replaces embed(labels) (e.g. to interpolate classes)."""
         if z.ndim != 2 or z.shape[1] != self.latent_size:
             raise ValueError(f"Generator: z must be [N, {self.latent_size}], got {tuple(z.shape)}")
-        if label_embedding is not None and self.num_classes:
+        if label_embedding is not None:
+            if not self.num_classes:
+                raise ValueError("Generator: this network is unconditional (num_classes=0) but a label embedding was given")
             if label_embedding.shape != (z.shape[0], self.label_embed_size):
                 raise ValueError(f"Generator: label_embedding must be [{z.shape[0]}, {self.label_embed_size}], "
                                  f"got {tuple(label_embedding.shape)}")
