@@ -271,6 +271,7 @@ def test_evaluate_errors(fmnist32):
         compare(rgb.level(16), rgb.level(16), ["fid_inception"])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notices (torch >= 2.14)
 def test_fid_inception_with_user_torchscript(tmp_path):
     class WithKw(torch.nn.Module):
         def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
@@ -317,7 +318,7 @@ def test_cli(tmp_path, fmnist32, capsys):
     capsys.readouterr()
     assert cli(["--ckpt", str(tmp_path / "nope.pt"), "--num", "20"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    _write_ckpt(tmp_path / "other.pt", G, {"fmap_max": 32})
+    _write_ckpt(tmp_path / "other.pt", G, {"fmap_base": 64})
     assert cli(["--ckpt", str(tmp_path / "other.pt"), "--data", str(data), "--num", "20"]) == 2
     assert "does not match its recorded architecture" in capsys.readouterr().err
     assert cli(["--ckpt", str(tmp_path / "ck.pt"), "--metrics", "swd,fud", "--num", "20"]) == 2
@@ -331,20 +332,32 @@ def test_cli(tmp_path, fmnist32, capsys):
 
 def test_training_logs_metrics_at_kimg_boundaries(tmp_path, fmnist32):
     from progan_fast.training.trainer import Trainer
-    cfg = TrainConfig(resolution=16, num_channels=1, fmap_base=64, fmap_max=16, latent_size=16, stable_kimg=0.064,
-                      fade_kimg=0.064, minibatch={4: 8, 8: 8, 16: 8}, tick_kimg=0.048, grid_size=4, device="cpu",
-                      snapshot_ticks=1000, total_kimg=0.288, metrics="swd,fid", metrics_kimg=0.096, metrics_num=16)
+    cfg = TrainConfig(resolution=16, num_channels=1, fmap_base=32, fmap_max=16, latent_size=8, stable_kimg=0.032,
+                      fade_kimg=0.032, minibatch={4: 8, 8: 8, 16: 8}, tick_kimg=0.024, grid_size=4, device="cpu",
+                      snapshot_ticks=1000, total_kimg=0.144, metrics="swd,fid", metrics_kimg=0.048, metrics_num=16)
     cfg.validate()
     ds = MultiResolutionDataset(fmnist32[0][:40, :, 8:24, 8:24].permute(0, 2, 3, 1).numpy())
     assert Trainer(cfg, ds, tmp_path, progress=False).run() == "done"
     ticks = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     scored = [t for t in ticks if "fid" in t]
-    assert [t["kimg"] for t in scored] == [0.096, 0.192, 0.288]  # each 0.096 kimg boundary, and the end
-    assert "swd_avg" not in scored[0] or scored[0]["resolution"] >= 8  # no SWD on 4 px
+    assert [t["kimg"] for t in scored] == [0.048, 0.096, 0.144]  # each 0.048 kimg boundary (and the end)
+    assert scored[0]["resolution"] == 8 and 0 < scored[0]["alpha"] < 1 and "swd_8" in scored[0]  # mid-fade
     assert "swd_16" in scored[-1] and math.isfinite(scored[-1]["fid"])
+    assert all("fid" not in t for t in ticks if t not in scored)
     with pytest.raises(ValueError, match="unknown metric"):
         TrainConfig(metrics="swd,fud").validate()
     rgb = MultiResolutionDataset(np.random.randint(0, 256, (8, 16, 16, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="grayscale"):
         Trainer(TrainConfig(**{**cfg.to_json(), "num_channels": 3, "minibatch": {4: 8, 8: 8, 16: 8}}), rgb,
                 tmp_path / "x", progress=False)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(fmnist32):
+    x, y = fmnist32[0][:64], fmnist32[0][64:128]
+    cpu, gpu = swd(x, y, seed=3, device="cpu"), swd(x, y, seed=3, device="cuda")
+    for k in cpu:
+        assert gpu[k] == pytest.approx(cpu[k], rel=1e-3), k
+    assert ms_ssim(x.cuda(), y.cuda()) == pytest.approx(ms_ssim(x, y), rel=1e-9)
+    a, b = compare(x, y, ["fid", "is"], device="cpu"), compare(x, y, ["fid", "is"], device="cuda")
+    assert b["fid"] == pytest.approx(a["fid"], rel=1e-3) and b["is"] == pytest.approx(a["is"], rel=1e-4)

@@ -9,6 +9,7 @@ channels); the module must return features [N, D].
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -49,7 +50,9 @@ class TorchScriptFeatures:
             raise FileNotFoundError(f"--inception {path}: no such file (a TorchScript feature network; "
                                     f"nothing is downloaded)")
         try:
-            self.module = torch.jit.load(path, map_location=device).eval()
+            with warnings.catch_warnings():  # torch >= 2.14 flags torch.jit as deprecated; the user chose the format
+                warnings.simplefilter("ignore", FutureWarning)
+                self.module = torch.jit.load(path, map_location=device).eval()
         except Exception as exc:
             raise ValueError(f"--inception {path} is not a loadable TorchScript file ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

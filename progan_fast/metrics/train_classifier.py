@@ -62,7 +62,7 @@ def train(epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0, de
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss)
+            loss_sum += loss.detach().item()
             step += 1
         log(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / steps_per_epoch:.4f} ({time.time() - t0:.0f} s)")
     return model
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         acc = accuracy(model, x_test, y_test)
         torch.save({"format": FORMAT, "version": 1, "state_dict": state, "test_accuracy": acc,
                     "train": {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-                              "seconds": round(train_s, 1), "torch": torch.__version__}}, args.out)
+                              "seconds": round(train_s, 1), "torch": str(torch.__version__)}}, args.out)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
