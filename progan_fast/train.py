@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tensorboard", action="store_true", help="also log scalars to RUN_DIR/tb")
     o.add_argument("--metrics", help="score Gs during training, e.g. 'swd,fid' (see python -m progan_fast.metrics); "
                                      "results go to log.jsonl (and tensorboard)")
-    o.add_argument("--metrics-kimg", type=float, help="evaluate at the first tick after every N kimg (default: every tick)")
+    o.add_argument("--metrics-kimg", type=float,
+                   help="evaluate at the first tick after every N kimg (default: every tick)")
     o.add_argument("--metrics-num", type=int, help="images per evaluation (default 1000)")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p

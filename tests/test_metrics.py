@@ -90,7 +90,8 @@ def _np_ms_ssim(x, y, levels, weights):
     for lvl in range(levels):
         size = min(11, x.shape[-1])
         win = _np_gauss(size, 1.5 * size / 11)
-        f = lambda t: (np.lib.stride_tricks.sliding_window_view(t, (size, size), axis=(2, 3)) * win).sum((-1, -2))  # noqa
+        f = lambda t: (np.lib.stride_tricks.sliding_window_view(t, (size, size), axis=(2, 3))  # noqa: E731
+                       * win).sum((-1, -2))
         mx, my = f(x), f(y)
         sxx, syy, sxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
         cs = (2 * sxy + c2) / (sxx + syy + c2)

@@ -18,7 +18,8 @@ from .frechet import fid_from_features, inception_score_from_logits
 from .msssim import ms_ssim_pairs
 from .sliced import swd, swd_resolutions
 
-__all__ = ["evaluate", "compare", "generate_uint8", "real_images", "METRICS", "check_metrics", "check_training_metrics", "min_images"]
+__all__ = ["evaluate", "compare", "generate_uint8", "real_images", "METRICS", "check_metrics", "check_training_metrics",
+           "min_images"]
 
 METRICS = ("swd", "msssim", "fid", "is", "fid_inception")
 IS_SPLITS = 10
@@ -118,7 +119,9 @@ def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", 
     also reported for the reals as 'msssim_reals', the diversity the fakes should approach).
     """
     metrics = check_metrics(metrics)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if reals.shape[1:] != fakes.shape[1:]:
         raise ValueError(f"real images {tuple(reals.shape[1:])} and generated images {tuple(fakes.shape[1:])} differ "
                          f"in channels or resolution")
@@ -140,7 +143,8 @@ def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", 
             out["is"], out["is_std"] = inception_score_from_logits(l_fake, IS_SPLITS)
     if "fid_inception" in metrics:
         if inception is None:
-            raise ValueError("fid_inception needs an Inception TorchScript file (--inception PATH); nothing is downloaded")
+            raise ValueError("fid_inception needs an Inception TorchScript file (--inception PATH); "
+                             "nothing is downloaded")
         net = inception if isinstance(inception, TorchScriptFeatures) else TorchScriptFeatures(inception, device)
         out["fid_inception"] = fid_from_features(net(reals), net(fakes))
     return out

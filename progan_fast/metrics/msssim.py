@@ -66,7 +66,8 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, levels: int | None = None, wind
     Returns the mean over pairs as a float, or the per-pair values [N] with reduce=False.
     """
     if x.shape != y.shape or x.ndim != 4:
-        raise ValueError(f"ms_ssim: x and y must be [N, C, H, W] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"ms_ssim: x and y must be [N, C, H, W] of one shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     if x.shape[0] == 0:
         raise ValueError("ms_ssim needs at least one pair of images")
     size = min(x.shape[-2:])

@@ -142,7 +142,8 @@ def _descriptors(images: torch.Tensor, positions: list, levels: int, batch: int,
     for i in range(0, images.shape[0], batch):
         pyr = laplacian_pyramid(images[i:i + batch].to(device), levels)
         for lvl, (lev, (y, x)) in enumerate(zip(pyr, positions)):
-            out[lvl].append(extract_descriptors(lev, y[i * count:(i + batch) * count], x[i * count:(i + batch) * count]))
+            sl = slice(i * count, (i + batch) * count)
+            out[lvl].append(extract_descriptors(lev, y[sl], x[sl]).cpu())  # host memory: 16k RGB images ~ GBs
     return [normalize_descriptors(torch.cat(d)) for d in out]
 
 
@@ -167,6 +168,6 @@ def swd(reals: torch.Tensor, fakes: torch.Tensor, *, seed: int = 0, batch: int =
     dist = {}
     for r, a, b in zip(resolutions, desc_r, desc_f):
         dirs = draw_directions(gen, c * NHOOD_SIZE * NHOOD_SIZE)
-        dist[f"swd_{r}"] = sliced_wasserstein(a, b, dirs) * 1e3
+        dist[f"swd_{r}"] = sliced_wasserstein(a.to(device), b.to(device), dirs) * 1e3
     dist["swd_avg"] = sum(dist.values()) / len(resolutions)
     return dist
