@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--snapshot-ticks", type=int, help="keep a numbered snapshot every N ticks (default 10)")
     o.add_argument("--grid-size", type=int, help="images in each sample grid (default 64)")
     o.add_argument("--tensorboard", action="store_true", help="also log scalars to RUN_DIR/tb")
+    o.add_argument("--metrics", help="score Gs during training, e.g. 'swd,fid' (see python -m progan_fast.metrics); "
+                                     "results go to log.jsonl (and tensorboard)")
+    o.add_argument("--metrics-kimg", type=float,
+                   help="evaluate at the first tick after every N kimg (default: every tick)")
+    o.add_argument("--metrics-num", type=int, help="images per evaluation (default 1000)")
     o.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -201,7 +206,8 @@ def _train(args: dict, distributed) -> int:
         device = _pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks"):
+        for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks",
+                  "metrics", "metrics_kimg", "metrics_num"):
             if k in given:
                 setattr(cfg, k, given[k])
         _check_precision_device(cfg, device)

@@ -67,6 +67,9 @@ class TrainConfig:
     snapshot_ticks: int = 10
     grid_size: int = 64
     tensorboard: bool = False
+    metrics: str | None = None  # e.g. 'swd,fid': scored at tick boundaries (progan_fast.metrics.evaluate)
+    metrics_kimg: float | None = None  # None: every tick
+    metrics_num: int = 1000  # generated (and real) images per evaluation
     world_size: int = 1
     extra: dict = field(default_factory=dict)
 
@@ -121,6 +124,11 @@ class TrainConfig:
             raise ValueError("--cond-weight must be >= 0 and --label-embed-size >= 1")
         if self.loader not in ("auto", "torch", "dali"):
             raise ValueError(f"--loader must be auto, torch or dali, got {self.loader!r}")
+        if self.metrics:
+            from ..metrics.evaluate import check_metrics
+            check_metrics(self.metrics)
+            if (self.metrics_kimg is not None and self.metrics_kimg <= 0) or self.metrics_num < 2:
+                raise ValueError("--metrics-kimg must be positive and --metrics-num >= 2")
         if self.fmap_base < 1 or self.fmap_max < 1:
             raise ValueError("--fmap-base and --fmap-max must be >= 1")
 

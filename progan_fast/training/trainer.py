@@ -89,6 +89,9 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.log = (log or _stderr) if self.is_main else (lambda *a, **k: None)
         self.progress = progress and self.is_main
+        if cfg.metrics:
+            from ..metrics.evaluate import check_training_metrics
+            check_training_metrics(cfg.metrics, dataset.num_channels)
         ops.set_backend(cfg.backend)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # static shapes within a phase: let cuDNN pick its kernels
@@ -232,6 +235,7 @@ class Trainer:
                         self.elapsed += time.time() - t_sync
                     dt = time.time() - t_tick
                     record = self._tick_record(phase, sums, nsteps, dt)
+                    record.update(self._tick_metrics(phase))
                     if bar is not None:
                         bar.set_postfix_str(f"lod {phase.lod:.2f} {phase.resolution}px {record['img_per_s']:.0f} img/s "
                                             f"D {record['d_loss']:.3f} G {record['g_loss']:.3f}", refresh=False)
@@ -251,6 +255,24 @@ class Trainer:
             status = "stopped"
             self.save_checkpoint()
         return status
+
+    def _tick_metrics(self, phase) -> dict:
+        """--metrics: scores of Gs (rank 0) at the first tick past each --metrics-kimg boundary and at the end."""
+        cfg = self.cfg
+        if not cfg.metrics or not self.is_main:
+            return {}
+        every = int(round((cfg.metrics_kimg or cfg.tick_kimg) * 1000))
+        if self.cur_nimg // every == self.tick_start_nimg // every and self.cur_nimg < self.total_nimg:
+            return {}
+        from ..metrics.evaluate import check_metrics, evaluate
+        names = [m for m in check_metrics(cfg.metrics) if m != "swd" or phase.resolution >= 8]  # SWD: 7x7 patches
+        if not names:
+            return {}
+        t0 = time.time()
+        scores = evaluate(self.step.Gs, self.dataset, names, num_images=cfg.metrics_num, device=self.device,
+                          seed=cfg.seed, res_log2=phase.res_log2, alpha=phase.alpha)
+        skip = ("num_fakes", "num_reals", "resolution", "alpha")
+        return {**{k: v for k, v in scores.items() if k not in skip}, "metrics_s": round(time.time() - t0, 2)}
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank if any rank's flag is set (so all ranks stop at the same step)."""
