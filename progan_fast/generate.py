@@ -60,9 +60,11 @@ def load_generator(ckpt_path, device="cpu"):
         phase = ckpt["phase"]
         res_log2, alpha = phase["res_log2"], phase["alpha"]
     except (RuntimeError, KeyError, TypeError) as exc:
-        msg = str(exc).strip().splitlines()[0]
-        raise ValueError(f"checkpoint {ckpt_path}: its weights do not fit the architecture its config records "
-                         f"({type(exc).__name__}: {msg})") from None
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                      lines[0] if lines else type(exc).__name__)
+        raise ValueError(f"checkpoint {ckpt_path}: its weights do not match its recorded architecture "
+                         f"({detail[:200]})") from None
     return G.to(device).eval(), res_log2, alpha
 
 

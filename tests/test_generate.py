@@ -164,11 +164,11 @@ def test_checkpoint_of_another_architecture(cond, tmp_path, capsys):
     ckpt["config"]["cond"] = False  # the weights (with an embedding) no longer fit the recorded architecture
     torch.save(ckpt, tmp_path / "bad.pt")
     code, out = _gen(capsys, "--ckpt", tmp_path / "bad.pt", "--grid", tmp_path / "g.png")
-    assert code == 2 and "do not fit the architecture" in out.err and "Traceback" not in out.err
+    assert code == 2 and "do not match its recorded architecture" in out.err and "Traceback" not in out.err
     ckpt["config"]["cond"], ckpt["config"]["fmap_max"] = True, 16
     torch.save(ckpt, tmp_path / "bad2.pt")
     code, out = _gen(capsys, "--ckpt", tmp_path / "bad2.pt", "--grid", tmp_path / "g.png")
-    assert code == 2 and "do not fit the architecture" in out.err
+    assert code == 2 and "do not match its recorded architecture" in out.err
 
 
 def test_help_lists_the_features(capsys):

@@ -253,6 +253,21 @@ def test_evaluate_and_compare(fmnist32):
     assert real["fid"] < out["fid"] and real["is"] > 2.0
 
 
+def test_class_acc_of_conditional_generators_and_of_real_labels(fmnist32):
+    images, labels = fmnist32
+    real = compare(images[:10], images[:300], ["class_acc"], fake_labels=labels[:300])
+    assert real["class_acc"] >= 0.85  # the classifier's accuracy on real images is the baseline
+    wrong = compare(images[:10], images[:300], ["class_acc"], fake_labels=(labels[:300] + 1) % 10)
+    assert wrong["class_acc"] < 0.2
+    torch.manual_seed(0)
+    G = Generator(16, 1, fmap_base=32, fmap_max=16, latent_size=8, num_classes=10)
+    ds = MultiResolutionDataset(images[:40].permute(0, 2, 3, 1).numpy())
+    out = evaluate(G, ds, ["class_acc", "fid"], num_images=20, device="cpu", res_log2=4)
+    assert 0.0 <= out["class_acc"] <= 1.0 and math.isfinite(out["fid"])
+    with pytest.raises(ValueError, match="class_acc needs a class-conditional generator"):
+        evaluate(_tiny_generator(16), ds, ["class_acc"], num_images=20, res_log2=4)
+
+
 def test_evaluate_errors(fmnist32):
     G = _tiny_generator(16)
     gray = MultiResolutionDataset(fmnist32[0][:20].permute(0, 2, 3, 1).numpy())
@@ -321,7 +336,7 @@ def test_cli(tmp_path, fmnist32, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     _write_ckpt(tmp_path / "other.pt", G, {"fmap_base": 64})
     assert cli(["--ckpt", str(tmp_path / "other.pt"), "--data", str(data), "--num", "20"]) == 2
-    assert "does not match its recorded architecture" in capsys.readouterr().err
+    assert "do not match its recorded architecture" in capsys.readouterr().err
     assert cli(["--ckpt", str(tmp_path / "ck.pt"), "--metrics", "swd,fud", "--num", "20"]) == 2
     assert "unknown metric(s) fud" in capsys.readouterr().err
     assert cli(["--ckpt", str(tmp_path / "ck.pt"), "--data", str(data), "--metrics", "is", "--num", "4"]) == 2

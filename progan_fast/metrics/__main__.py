@@ -3,7 +3,9 @@
 Metrics: swd (sliced Wasserstein distance x1e3 per Laplacian level and average, the paper's), msssim
 (MS-SSIM of generated pairs; lower = more diverse; the reals' value is given beside it), fid and is
 (FID and Inception-style score in the feature space of the shipped FashionMNIST classifier: grayscale
-data only), fid_inception (FID with your own Inception TorchScript file, --inception; never downloaded).
+data only), fid_inception (FID with your own Inception TorchScript file, --inception; never downloaded),
+class_acc (class-conditional generators: how often the shipped classifier puts a sample in the class it
+was made for; the baseline is the classifier's accuracy on real test images).
 Images are made at the checkpoint's current resolution and fade. Results are printed as JSON.
 """
 from __future__ import annotations
@@ -60,8 +62,11 @@ def real_baseline(metrics, num: int, seed: int, device, **kw) -> dict:
     from ..data import MultiResolutionDataset, load_fashion_mnist
     from .evaluate import _subset
     train = MultiResolutionDataset(load_fashion_mnist("train")[0]).level(32)
-    test = MultiResolutionDataset(load_fashion_mnist("test")[0]).level(32)
-    out = compare(_subset(train, num, seed), _subset(test, num, seed), metrics, seed=seed, device=device, **kw)
+    test_images, test_labels, _ = load_fashion_mnist("test")
+    test = MultiResolutionDataset(test_images).level(32)
+    pick = _subset(torch.arange(len(test)), num, seed)  # the same subset of images and labels
+    out = compare(_subset(train, num, seed), test[pick], metrics, seed=seed, device=device,
+                  fake_labels=torch.as_tensor(test_labels)[pick], **kw)
     out["baseline"] = "FashionMNIST test split vs train split"
     return out
 

@@ -21,7 +21,7 @@ from .sliced import swd, swd_resolutions
 __all__ = ["evaluate", "compare", "generate_uint8", "real_images", "METRICS", "check_metrics", "check_training_metrics",
            "min_images"]
 
-METRICS = ("swd", "msssim", "fid", "is", "fid_inception")
+METRICS = ("swd", "msssim", "fid", "is", "fid_inception", "class_acc")
 IS_SPLITS = 10
 
 
@@ -43,7 +43,7 @@ def check_training_metrics(metrics, num_channels: int) -> list[str]:
     if "fid_inception" in names:
         raise ValueError("--metrics fid_inception is not available during training (no --inception there); "
                          "score snapshots with `python -m progan_fast.metrics --inception PATH`")
-    if num_channels != 1 and ({"fid", "is"} & set(names)):
+    if num_channels != 1 and ({"fid", "is", "class_acc"} & set(names)):
         raise ValueError(f"--metrics fid/is use the FashionMNIST classifier, which takes grayscale images; this "
                          f"dataset has {num_channels} channels (use swd,msssim)")
     return names
@@ -62,15 +62,24 @@ def _check_counts(metrics, n_fakes: int, n_reals: int) -> None:
                              f"real (use thousands for meaningful values; the paper's SWD used 16384)")
 
 
+def fake_labels(G, num: int) -> torch.Tensor | None:
+    """The classes a conditional G is asked for: balanced, 0, 1, ..., K-1, 0, 1, ... (None if unconditional)."""
+    k = getattr(G, "num_classes", 0)
+    return torch.arange(num) % k if k else None
+
+
 @torch.no_grad()
 def generate_uint8(G, num: int, res_log2: int, alpha: float = 1.0, *, seed: int = 0, batch: int = 64,
                    device="cpu") -> torch.Tensor:
-    """num images from G(z, res_log2, alpha), z ~ N(0, I) from `seed`, as uint8 [num, C, r, r] on the CPU."""
+    """num images from G(z, res_log2, alpha[, labels]), z ~ N(0, I) from `seed`, as uint8 [num, C, r, r] on
+    the CPU. A conditional G gets the balanced labels of fake_labels()."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(num, G.latent_size, generator=g)
+    labels = fake_labels(G, num)
     out = []
     for i in range(0, num, batch):
-        img = G(z[i:i + batch].to(device), res_log2, alpha).float()
+        extra = () if labels is None else (labels[i:i + batch].to(device),)
+        img = G(z[i:i + batch].to(device), res_log2, alpha, *extra).float()
         out.append((img * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
     return torch.cat(out)
 
@@ -78,19 +87,17 @@ def generate_uint8(G, num: int, res_log2: int, alpha: float = 1.0, *, seed: int 
 def real_images(data, resolution: int, num_channels: int | None = None) -> torch.Tensor:
     """uint8 [N, C, r, r] real images from a MultiResolutionDataset, a uint8 tensor / array (NCHW), or
     a --data spec ('fashion-mnist' or a path), checked against the model's resolution and channels."""
-    from ..data import MultiResolutionDataset, load_fashion_mnist, load_images
+    from ..data import MultiResolutionDataset, StoredDataset, load_dataset
     if isinstance(data, (str, os.PathLike)):
-        spec = os.fspath(data)
-        if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
-            images, labels, _ = load_fashion_mnist("auto")
-        else:
-            images, labels, _ = load_images(spec)
-        data = MultiResolutionDataset(images, labels)
-    if isinstance(data, MultiResolutionDataset):
+        data, _ = load_dataset(os.fspath(data))  # 'fashion-mnist', a dataset dir, or any --data source
+    if isinstance(data, (MultiResolutionDataset, StoredDataset)):
         if resolution not in data.resolutions:
-            raise ValueError(f"the model makes {resolution} px images but the dataset has levels {data.resolutions} "
-                             f"(source {data.source_size} px); use the dataset the model was trained on")
+            raise ValueError(f"the model makes {resolution} px images but the dataset has levels {data.resolutions}; "
+                             f"use the dataset the model was trained on")
         reals = data.level(resolution)
+        if not isinstance(reals, torch.Tensor):  # a JPEG/PNG level of a dataset dir: decode it
+            reals = reals.decode(torch.arange(len(reals)))
+        reals = torch.as_tensor(reals)
     else:
         reals = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
         if reals.dtype != torch.uint8 or reals.ndim != 4:
@@ -112,11 +119,13 @@ def _subset(images: torch.Tensor, num: int, seed: int) -> torch.Tensor:
 
 
 def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", "fid", "is"), *, seed: int = 0,
-            device=None, classifier_weights=None, inception=None) -> dict:
+            device=None, classifier_weights=None, inception=None, fake_labels: torch.Tensor | None = None) -> dict:
     """Scores of uint8 image sets [N, C, r, r]: 'fakes' is the set judged, 'reals' the reference.
 
     swd uses min(len(reals), len(fakes)) images of each; msssim and is look at the fakes only (msssim is
-    also reported for the reals as 'msssim_reals', the diversity the fakes should approach).
+    also reported for the reals as 'msssim_reals', the diversity the fakes should approach). class_acc:
+    how often the shipped classifier puts a fake in the class it was made for (`fake_labels` [N]; for
+    real images with their true labels it is the classifier's accuracy, the baseline).
     """
     metrics = check_metrics(metrics)
     if device is None:
@@ -134,9 +143,14 @@ def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", 
     if "msssim" in metrics:
         out["msssim"] = ms_ssim_pairs(fakes.to(device))
         out["msssim_reals"] = ms_ssim_pairs(reals[:fakes.shape[0]].to(device))
-    if "fid" in metrics or "is" in metrics:
+    if "class_acc" in metrics and fake_labels is None:
+        raise ValueError("class_acc needs the classes the images were made for: a class-conditional generator "
+                         "(trained with --cond)")
+    if {"fid", "is", "class_acc"} & set(metrics):
         extractor = ClassifierFeatures(classifier_weights, device)
         f_fake, l_fake = extractor(fakes)
+        if "class_acc" in metrics:
+            out["class_acc"] = float((l_fake.argmax(1).cpu() == fake_labels.cpu()).double().mean())
         if "fid" in metrics:
             out["fid"] = fid_from_features(extractor(reals)[0], f_fake)
         if "is" in metrics:
@@ -170,6 +184,9 @@ def evaluate(G, data, metrics=("swd", "msssim", "fid", "is"), *, num_images: int
         x = reference.fade_reals(reals.float() / 127.5 - 1.0, alpha)
         reals = (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
     _check_counts(metrics, num_images, reals.shape[0])
+    if "class_acc" in metrics and not getattr(G, "num_classes", 0):
+        raise ValueError("class_acc needs a class-conditional generator (trained with --cond); this one is "
+                         "unconditional")
     was_training = G.training
     G.eval()
     try:
@@ -177,6 +194,6 @@ def evaluate(G, data, metrics=("swd", "msssim", "fid", "is"), *, num_images: int
     finally:
         G.train(was_training)
     out = compare(reals, fakes, metrics, seed=seed, device=device, classifier_weights=classifier_weights,
-                  inception=inception)
+                  inception=inception, fake_labels=fake_labels(G, num_images))
     out["alpha"] = float(alpha)
     return out
