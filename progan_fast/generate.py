@@ -32,6 +32,7 @@ import torch
 
 from .training.checkpoint import load_checkpoint
 from .training.config import TrainConfig
+from .utils.devices import pick_device
 from .utils.images import grid, save_png, to_uint8_nhwc
 
 EPILOG = """examples:
@@ -298,18 +299,10 @@ def _validate(args) -> None:
         raise ValueError("--interp and --per-class do not combine; use --class K to fix the class")
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here")
-    return dev
-
 
 def _run(args) -> str:
     _validate(args)
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
     G, res_log2, alpha = load_generator(args.ckpt, device)
     check_class(G, args.cls, args.per_class)
     K = G.num_classes

@@ -18,6 +18,7 @@ import torch
 
 from .training.checkpoint import LATEST, load_checkpoint
 from .training.config import PRESETS, TrainConfig, check_resume_compatible, parse_res_dict
+from .utils.devices import pick_device
 
 EPILOG = """examples:
   python -m progan_fast.train --amp                     # FashionMNIST, preset picked for this machine
@@ -96,14 +97,6 @@ def _fail(msg: str) -> "NoReturn":  # noqa: F821
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
-    return dev
 
 
 def _given_to_config(args: dict) -> dict:
@@ -203,7 +196,7 @@ def _train(args: dict, distributed) -> int:
         ckpt = distributed.broadcast_object(load_checkpoint(run_dir) if rank == 0 else None)
         saved = TrainConfig.from_json(ckpt["config"])
         check_resume_compatible(saved, given)  # compares the run-defining keys only
-        device = _pick_device(given.get("device", "auto"))
+        device = pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
         for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks",
@@ -213,7 +206,7 @@ def _train(args: dict, distributed) -> int:
         _check_precision_device(cfg, device)
         cfg.device = str(device)
     else:
-        device = _pick_device(given.get("device", "auto"))
+        device = pick_device(given.get("device", "auto"))
         cfg = resolve_config(given, device)
     dataset, desc = load_dataset(cfg)
     _check_cond(cfg, dataset, desc, given)

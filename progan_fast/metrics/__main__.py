@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils.devices import pick_device
 from .evaluate import METRICS, check_metrics, compare, evaluate
 
 EPILOG = """examples:
@@ -48,14 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here")
-    return dev
-
 
 def real_baseline(metrics, num: int, seed: int, device, **kw) -> dict:
     """FashionMNIST t10k test split (as 'fakes') vs a random subset of the 60k train split, at 32 px."""
@@ -81,7 +74,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--out must end in .json, got {args.out}")
         if "fid_inception" in metrics and not args.inception:
             raise ValueError("fid_inception needs --inception PATH (a TorchScript Inception; nothing is downloaded)")
-        device = _device(args.device)
+        device = pick_device(args.device)
         kw = dict(classifier_weights=args.classifier, inception=args.inception)
         t0 = time.time()
         if args.real_baseline:

@@ -11,48 +11,12 @@ import os
 
 from ..ops import register
 from . import launchers
-from .conv_epilogue import eq_conv2d
-from .library import define_ops, split_alpha
+from .library import define_ops, public_ops
 
 ops = define_ops("progan_fast", launchers)
-
-
-def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
-    return ops.bias_act(x, b, act, float(slope), float(gain), int(dim))
-
-
-def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
-    return ops.bias_act_pixel_norm(x, b, act, float(slope), float(gain), float(eps))
-
-
-def pixel_norm(x, *, eps=1e-8, dim=1):
-    return ops.pixel_norm(x, float(eps), int(dim))
-
-
-def minibatch_stddev(x, *, group_size=4, eps=1e-8):
-    return ops.minibatch_stddev(x, int(group_size), float(eps))
-
-
-def upsample_blend(hi, lo, alpha):
-    return ops.upsample_blend(hi, lo, *split_alpha(alpha))
-
-
-def fade_reals(x, alpha):
-    return ops.fade_reals(x, *split_alpha(alpha))
-
-
-def lerp(a, b, alpha):
-    return ops.lerp(a, b, *split_alpha(alpha))
-
-
-def downsample2x(x):
-    return ops.downsample2x(x)
-
-
-for _name, _fn in [("bias_act", bias_act), ("bias_act_pixel_norm", bias_act_pixel_norm), ("pixel_norm", pixel_norm),
-                   ("minibatch_stddev", minibatch_stddev), ("upsample_blend", upsample_blend),
-                   ("fade_reals", fade_reals), ("lerp", lerp), ("downsample2x", downsample2x),
-                   ("eq_conv2d", eq_conv2d)]:
+PUBLIC = public_ops(ops)
+globals().update(PUBLIC)  # progan_fast.triton.bias_act(...) etc.
+for _name, _fn in PUBLIC.items():
     register("triton", _name, _fn)
 
 # Two Triton paths for a whole conv layer: cuDNN conv + one fused Triton epilogue ("epilogue", the
@@ -62,5 +26,4 @@ if os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue") == "igemm":
     from .conv_op import eq_conv2d_triton as _igemm
     register("triton", "eq_conv2d", _igemm)
 
-__all__ = ["ops", "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend",
-           "fade_reals", "lerp", "downsample2x", "eq_conv2d", "launchers"]
+__all__ = ["ops", "PUBLIC", "launchers", *PUBLIC]

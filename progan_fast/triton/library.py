@@ -460,4 +460,46 @@ def split_alpha(alpha):
     return None, float(alpha)
 
 
-__all__ = ["define_ops", "KernelSet", "split_alpha", "ACTS"]
+def public_ops(ops) -> dict:
+    """The public-op signatures of `progan_fast.ops` (keyword arguments, Python alpha) over the operators
+    of one `define_ops` namespace: what a backend registers. eq_conv2d is the convolution by torch
+    (cuDNN / cuBLAS) followed by this namespace's one fused epilogue kernel."""
+    from ..ops import reference
+
+    def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
+        return ops.bias_act(x, b, act, float(slope), float(gain), int(dim))
+
+    def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
+        return ops.bias_act_pixel_norm(x, b, act, float(slope), float(gain), float(eps))
+
+    def pixel_norm(x, *, eps=1e-8, dim=1):
+        return ops.pixel_norm(x, float(eps), int(dim))
+
+    def minibatch_stddev(x, *, group_size=4, eps=1e-8):
+        return ops.minibatch_stddev(x, int(group_size), float(eps))
+
+    def upsample_blend(hi, lo, alpha):
+        return ops.upsample_blend(hi, lo, *split_alpha(alpha))
+
+    def fade_reals(x, alpha):
+        return ops.fade_reals(x, *split_alpha(alpha))
+
+    def lerp(a, b, alpha):
+        return ops.lerp(a, b, *split_alpha(alpha))
+
+    def downsample2x(x):
+        return ops.downsample2x(x)
+
+    def eq_conv2d(x, weight, bias=None, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
+        w = reference.equalized_weight(weight, gain).to(x.dtype)
+        y = reference.conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
+        if pixel_norm:
+            return ops.bias_act_pixel_norm(y, bias, act, float(slope), 1.0, float(eps))
+        return ops.bias_act(y, bias, act, float(slope), 1.0, 1)
+
+    return {"bias_act": bias_act, "bias_act_pixel_norm": bias_act_pixel_norm, "pixel_norm": pixel_norm,
+            "minibatch_stddev": minibatch_stddev, "upsample_blend": upsample_blend, "fade_reals": fade_reals,
+            "lerp": lerp, "downsample2x": downsample2x, "eq_conv2d": eq_conv2d}
+
+
+__all__ = ["define_ops", "public_ops", "KernelSet", "split_alpha", "ACTS"]
