@@ -118,13 +118,8 @@ class DaliStream(BatchStream):
         """images [B, C, res, res] in [-1, 1], labels int64 [B]: the same samples as BatchStream."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        level = self.dataset.level(res)
-        self.epoch, cursor = self._advance(batch_size)
-        indices, flips = self._epoch_plan(self.epoch)
-        idx = indices[cursor:cursor + batch_size]
-        self.cursor = cursor + batch_size
-        mirror = (flips[cursor:cursor + batch_size].numpy() if flips is not None
-                  else np.zeros(batch_size, bool)).astype(np.int32)
+        level, idx, flips = self._take(res, batch_size)
+        mirror = (flips.numpy() if flips is not None else np.zeros(batch_size, bool)).astype(np.int32)
 
         kind = self._storage(res)
         p = self._pipeline(res, batch_size, kind)

@@ -97,18 +97,21 @@ class BatchStream:
 
     # --------------------------------------------------------------------------------- batches
 
-    def next_batch(self, res: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """images [B, C, res, res] in [-1, 1] (dtype, device, memory format as configured), labels int64 [B]."""
+    def _take(self, res: int, batch_size: int):
+        """Advance the plan by one batch: (the level's images, sample indices [B], flips [B] bool or None)."""
         level = self.dataset.level(res)
         self.epoch, cursor = self._advance(batch_size)
         indices, flips = self._epoch_plan(self.epoch)
-        idx = indices[cursor:cursor + batch_size]
         self.cursor = cursor + batch_size
+        window = slice(cursor, cursor + batch_size)
+        return level, indices[window], (None if flips is None else flips[window])
 
+    def next_batch(self, res: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, C, res, res] in [-1, 1] (dtype, device, memory format as configured), labels int64 [B]."""
+        level, idx, flips = self._take(res, batch_size)
         x = level.index_select(0, idx)
         if flips is not None:
-            f = flips[cursor:cursor + batch_size].view(-1, 1, 1, 1)
-            x = torch.where(f, x.flip(-1), x)
+            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         labels = self.dataset.labels.index_select(0, idx)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
