@@ -3,11 +3,12 @@
 #
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
-# Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py
-# -> bench unit tests -> bench ops / layers / data + train step (quick mode, one pytest-benchmark JSON each)
-# -> bench/report.py (results.json, results.md, compare against bench/results/) -> the table, last.
-# Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 385 s, so the
-# whole script ends inside 7 minutes); a stage that runs out gets SIGINT first (pytest then still
+# Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
+# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / layers / data + train step
+# (quick mode, one pytest-benchmark JSON each) -> conv layer timings, trainer smoke runs (eager and
+# --cuda-graph) -> bench/report.py (results.json, results.md, compare against bench/results/) -> the
+# table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
+# so the whole script ends inside 8 minutes); a stage that runs out gets SIGINT first (pytest then still
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
 # Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
 #
@@ -15,8 +16,8 @@
 # bench_layers.json, bench_step.json (pytest-benchmark), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
-# timeouts T_INSTALL=130 T_GPU_TESTS=45 T_TRITON_TESTS=35 T_BENCH_UNIT=20 T_BENCH_OPS=55
-# T_BENCH_LAYERS=40 T_BENCH_STEP=75 (seconds; always capped by the budget left).
+# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=55
+# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -113,7 +114,8 @@ for b in ('triton', 'cuda'):
 
 # ---------------------------------------------------------------------------------- tests
 if [[ $HAS_GPU == 1 ]]; then
-  stage gpu_tests "${T_GPU_TESTS:-45}" "$PY" -m pytest tests -q -x -m gpu -p no:cacheprovider
+  # no -x: every GPU-only test (graphed step, no-sync step, conditional, CUDA ext, metrics) reports
+  stage gpu_tests "${T_GPU_TESTS:-60}" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider
   if [[ -f tests/test_triton_ops.py ]]; then
     stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider
   else
@@ -142,6 +144,10 @@ if [[ $HAS_GPU == 1 ]]; then
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
     $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
       --run-dir /tmp/progan_smoke && cat /tmp/progan_smoke/log.jsonl | cut -c1-260"
+  # the same run with the whole iteration captured in CUDA graphs (<= 32 px): compare img/s per tick
+  TAIL_LINES=12 stage train_smoke_graph "${T_TRAIN_SMOKE_GRAPH:-40}" bash -c "rm -rf /tmp/progan_smoke_g && \
+    $PY -m progan_fast.train --amp --cuda-graph --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 \
+      --no-progress --run-dir /tmp/progan_smoke_g && cat /tmp/progan_smoke_g/log.jsonl | cut -c1-260"
 fi
 
 # ---------------------------------------------------------------------------------- report
