@@ -395,15 +395,32 @@ PF_HD int64_t mb_off(const MbGeom& g, int slot, const int64_t (&idx)[3]) {
   return idx[0] * g.ps[slot][0] + idx[1] * g.ps[slot][1] + idx[2] * g.ps[slot][2];
 }
 
+// Element t of the M x L statistics grid: returns its group m and fills its (c, h, w) index.
+PF_HD int64_t mb_locate(const MbGeom& g, int64_t t, bool small, int64_t (&idx)[3]) {
+  const int64_t m = idiv(t, g.L, small);
+  mb_split(g, t - m * g.L, small, idx);
+  return m;
+}
+
+// Population variance of group m's values at offset xo, given their mean (a second pass: stable).
+template <typename T>
+PF_HD acc_t<T> mb_var(const T* x, const MbGeom& g, int64_t m, int64_t xo, acc_t<T> mean) {
+  using A = acc_t<T>;
+  A var = 0;
+  for (int64_t k = 0; k < g.G; ++k) {
+    A d = static_cast<A>(x[(k * g.M + m) * g.ns[0] + xo]) - mean;
+    var += d * d;
+  }
+  return var / A(g.G);
+}
+
 // Copy x into out[:, :C] and write each element's group stddev to sd[m * L + j].
 template <typename T>
 PF_KERNEL void mb_fwd_kernel(const T* x, T* out, acc_t<T>* sd, MbGeom g, acc_t<T> eps, bool small) {
   using A = acc_t<T>;
   PF_FOR(t, g.M * g.L) {
-    const int64_t m = idiv(t, g.L, small);
-    const int64_t j = t - m * g.L;
     int64_t idx[3];
-    mb_split(g, j, small, idx);
+    const int64_t m = mb_locate(g, t, small, idx);
     const int64_t xo = mb_off(g, 0, idx), oo = mb_off(g, 1, idx);
     A mean = 0;
     for (int64_t k = 0; k < g.G; ++k) {
@@ -413,12 +430,7 @@ PF_KERNEL void mb_fwd_kernel(const T* x, T* out, acc_t<T>* sd, MbGeom g, acc_t<T
       mean += static_cast<A>(v);
     }
     mean /= A(g.G);
-    A var = 0;
-    for (int64_t k = 0; k < g.G; ++k) {
-      A d = static_cast<A>(x[(k * g.M + m) * g.ns[0] + xo]) - mean;
-      var += d * d;
-    }
-    sd[t] = std::sqrt(var / A(g.G) + eps);
+    sd[t] = std::sqrt(mb_var(x, g, m, xo, mean) + eps);
   }
 }
 
@@ -472,20 +484,13 @@ template <typename T>
 PF_KERNEL void mb_bwd_kernel(const T* dy, const T* x, T* dx, const acc_t<T>* gs, MbGeom g, acc_t<T> eps, bool small) {
   using A = acc_t<T>;
   PF_FOR(t, g.M * g.L) {
-    const int64_t m = idiv(t, g.L, small);
-    const int64_t j = t - m * g.L;
     int64_t idx[3];
-    mb_split(g, j, small, idx);
+    const int64_t m = mb_locate(g, t, small, idx);
     const int64_t xo = mb_off(g, 0, idx), go = mb_off(g, 1, idx), eo = mb_off(g, 2, idx);
     A mean = 0;
     for (int64_t k = 0; k < g.G; ++k) mean += static_cast<A>(x[(k * g.M + m) * g.ns[0] + xo]);
     mean /= A(g.G);
-    A var = 0;
-    for (int64_t k = 0; k < g.G; ++k) {
-      A d = static_cast<A>(x[(k * g.M + m) * g.ns[0] + xo]) - mean;
-      var += d * d;
-    }
-    const A coef = gs[m] / (A(g.L) * A(g.G)) / std::sqrt(var / A(g.G) + eps);
+    const A coef = gs[m] / (A(g.L) * A(g.G)) / std::sqrt(mb_var(x, g, m, xo, mean) + eps);
     for (int64_t k = 0; k < g.G; ++k) {
       const int64_t n = k * g.M + m;
       A d = static_cast<A>(x[n * g.ns[0] + xo]) - mean;
