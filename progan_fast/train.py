@@ -235,6 +235,7 @@ def _train(args: dict, distributed) -> int:
     status = trainer.run()
     if rank == 0:
         print(f"progan_fast: {status} at {trainer.cur_nimg / 1000:.3f} kimg; outputs in {run_dir}", file=sys.stderr)
+    distributed.barrier()  # no rank tears the process group down while rank 0 still writes its checkpoint
     return 130 if status == "interrupted" else 0
 
 

@@ -56,6 +56,13 @@ def check_same_config(identity: dict) -> None:
                          "launch every rank with the same options")
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed). Used at the normal end of a run only: an
+    error path must not wait for ranks that may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
