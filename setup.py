@@ -141,6 +141,7 @@ setup(
         "progan-train=progan_fast.train:main",
         "progan-generate=progan_fast.generate:main",
         "progan-dataset=progan_fast.dataset:main",
+        "progan-metrics=progan_fast.metrics.__main__:main",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
