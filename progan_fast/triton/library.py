@@ -108,6 +108,15 @@ def _no_alpha_grad(op, ctx, idx):
         raise RuntimeError(f"progan_fast.{op}: no gradient with respect to alpha (detach it)")
 
 
+def _save_leading(n_tensors: int):
+    """setup_context that saves the op's first n_tensors inputs for backward and keeps the rest
+    (the scalar arguments) as ctx.args, in schema order."""
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n_tensors])
+        ctx.args = tuple(inputs[n_tensors:])
+    return setup
+
+
 def _reduce_bias(dx, dim, b):
     dims = [d for d in range(dx.dim()) if d != dim]
     return torch.sum(dx, dim=dims, dtype=torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
@@ -199,10 +208,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         pixel_norm_grad_fake(dy, x, eps, dim)
         return k.pixel_norm_grad(dy, x, eps, dim)
 
-    def pixel_norm_setup(ctx, inputs, output):
-        x, eps, dim = inputs
-        ctx.save_for_backward(x)
-        ctx.args = (eps, dim)
+    pixel_norm_setup = _save_leading(1)
 
     def pixel_norm_bwd(ctx, g):
         (x,) = ctx.saved_tensors
@@ -210,10 +216,7 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     pixel_norm.register_autograd(pixel_norm_bwd, setup_context=pixel_norm_setup)
 
-    def pixel_norm_grad_setup(ctx, inputs, output):
-        dy, x, eps, dim = inputs
-        ctx.save_for_backward(dy, x)
-        ctx.args = (eps, dim)
+    pixel_norm_grad_setup = _save_leading(2)
 
     def pixel_norm_grad_bwd(ctx, v):
         dy, x = ctx.saved_tensors
@@ -250,10 +253,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         bapn_grad_fake(dy, x, b, act, slope, gain, eps)
         return k.bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps)
 
-    def bapn_setup(ctx, inputs, output):
-        x, b, act, slope, gain, eps = inputs
-        ctx.save_for_backward(x, b)
-        ctx.args = (act, slope, gain, eps)
+    bapn_setup = _save_leading(2)
 
     def bapn_bwd(ctx, g):
         x, b = ctx.saved_tensors
@@ -263,10 +263,7 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     bias_act_pixel_norm.register_autograd(bapn_bwd, setup_context=bapn_setup)
 
-    def bapn_grad_setup(ctx, inputs, output):
-        dy, x, b, act, slope, gain, eps = inputs
-        ctx.save_for_backward(dy, x, b)
-        ctx.args = (act, slope, gain, eps)
+    bapn_grad_setup = _save_leading(3)
 
     def bapn_grad_bwd(ctx, v):
         # dx = gain * a * J(z) dy with z = gain * act(x + b), a = act'(x + b) piecewise constant.
@@ -304,10 +301,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         mbstd_grad_fake(dy, x, group_size, eps)
         return k.minibatch_stddev_grad(dy, x, group_size, eps)
 
-    def mbstd_setup(ctx, inputs, output):
-        x, group_size, eps = inputs
-        ctx.save_for_backward(x)
-        ctx.args = (group_size, eps)
+    mbstd_setup = _save_leading(1)
 
     def mbstd_bwd(ctx, g):
         (x,) = ctx.saved_tensors
@@ -315,10 +309,7 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     minibatch_stddev.register_autograd(mbstd_bwd, setup_context=mbstd_setup)
 
-    def mbstd_grad_setup(ctx, inputs, output):
-        dy, x, group_size, eps = inputs
-        ctx.save_for_backward(dy, x)
-        ctx.args = (group_size, eps)
+    mbstd_grad_setup = _save_leading(2)
 
     def mbstd_grad_bwd(ctx, v):
         dy, x = ctx.saved_tensors
