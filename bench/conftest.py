@@ -168,16 +168,22 @@ def ceilings(request, settings) -> dict:
     return c
 
 
-def order_cases(cases: list, settings: Settings, name_of, res_of, backend_of) -> list:
-    """Drop torch.compile cases the settings exclude and move the rest to the end of the run, so a
-    stage that runs out of time loses compile cases (seconds each to build) before anything else."""
+def backend_cases(settings: Settings, names_at) -> list:
+    """pytest params (name, res, mode, backend) for every bench resolution, every name `names_at(res)`
+    yields there, fwd and fwdbwd, and every backend. torch.compile cases the settings exclude are
+    dropped and the rest move to the end of the run, so a stage that runs out of time loses compile
+    cases (seconds each to build) before anything else."""
     keep, compiled = [], []
-    for c in cases:
-        if backend_of(c) != "compile":
-            keep.append(c)
-        elif res_of(c) in settings.compile_resolutions and (
-                settings.compile_only is None or name_of(c) in settings.compile_only):
-            compiled.append(c)
+    for res in settings.op_resolutions:
+        for name in names_at(res):
+            for mode in ("fwd", "fwdbwd"):
+                for backend in BACKENDS:
+                    case = pytest.param((name, res, mode, backend), id=f"{name}-r{res}-{mode}-{backend}")
+                    if backend != "compile":
+                        keep.append(case)
+                    elif res in settings.compile_resolutions and (
+                            settings.compile_only is None or name in settings.compile_only):
+                        compiled.append(case)
     return keep + compiled
 
 

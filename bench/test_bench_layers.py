@@ -16,12 +16,11 @@ from __future__ import annotations
 import functools
 import math
 
-import pytest
 import torch
 
 from progan_fast import ops
 
-from .conftest import BACKENDS, order_cases, skip_unless_backend
+from .conftest import backend_cases, skip_unless_backend
 from .paper import nf
 from .roofline import conv_macs, op_bytes
 from .timing import run_case
@@ -54,13 +53,7 @@ def pytest_generate_tests(metafunc):
     if "layer_case" not in metafunc.fixturenames:
         return
     s = metafunc.config._progan_bench
-    cases = []
-    for res in s.op_resolutions:
-        for name, *_ in layer_specs(res, s, s.extra_variants):
-            for mode in ("fwd", "fwdbwd"):
-                for backend in BACKENDS:
-                    cases.append(pytest.param((name, res, mode, backend), id=f"{name}-r{res}-{mode}-{backend}"))
-    cases = order_cases(cases, s, lambda c: c.values[0][0], lambda c: c.values[0][1], lambda c: c.values[0][3])
+    cases = backend_cases(s, lambda res: [name for name, *_ in layer_specs(res, s, s.extra_variants)])
     metafunc.parametrize("layer_case", cases)
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 
 from progan_fast import ops
 
-from .conftest import BACKENDS, order_cases, skip_unless_backend
+from .conftest import backend_cases, skip_unless_backend
 from .roofline import op_bytes
 from .timing import run_case
 
@@ -61,15 +60,7 @@ def pytest_generate_tests(metafunc):
     if "op_case" not in metafunc.fixturenames:
         return
     s = metafunc.config._progan_bench
-    cases = []
-    for res in s.op_resolutions:
-        for op in OPS:
-            if op in FADE_OPS and res < 8:
-                continue
-            for mode in ("fwd", "fwdbwd"):
-                for backend in BACKENDS:
-                    cases.append(pytest.param((op, res, mode, backend), id=f"{op}-r{res}-{mode}-{backend}"))
-    cases = order_cases(cases, s, lambda c: c.values[0][0], lambda c: c.values[0][1], lambda c: c.values[0][3])
+    cases = backend_cases(s, lambda res: [op for op in OPS if not (op in FADE_OPS and res < 8)])
     metafunc.parametrize("op_case", cases)
 
 
