@@ -225,13 +225,19 @@ class TrainStep:
         return stats
 
     # -- CUDA graphs -----------------------------------------------------------------------------------
+    @staticmethod
+    def _graph_key(reals: torch.Tensor, res_log2: int, alpha) -> tuple:
+        """What one captured graph is specific to: resolution, batch shape, layout, and whether the
+        fade-in blend runs (key[-1])."""
+        from ..models import _fading
+        return res_log2, tuple(reals.shape), reals.stride(), _fading(alpha)
+
     def _graphed_step(self, reals: torch.Tensor, res_log2: int, alpha, labels=None) -> dict:
         """Eager warm-up steps (on a side stream: lazy optimizer/scaler state, cuDNN and Triton autotuning),
         then one capture per (resolution, batch, fading, layout) and replays. Every call is a real
         training step; the capture's own step is executed by its first replay."""
-        from ..models import _fading
-        fading = _fading(alpha)
-        key = (res_log2, tuple(reals.shape), reals.stride(), fading)
+        key = self._graph_key(reals, res_log2, alpha)
+        fading = key[-1]
         entry = self._graphs.get(key)
         if entry is None:
             self._graphs = {k: v for k, v in self._graphs.items() if k[0] == res_log2}  # older phases: free
@@ -249,8 +255,10 @@ class TrainStep:
         entry.reals.copy_(reals)
         if labels is not None:
             entry.labels.copy_(labels)
-        if fading:
-            entry.alpha.fill_(float(alpha)) if not isinstance(alpha, torch.Tensor) else entry.alpha.copy_(alpha)
+        if fading and isinstance(alpha, torch.Tensor):
+            entry.alpha.copy_(alpha)
+        elif fading:
+            entry.alpha.fill_(float(alpha))
         entry.graph.replay()
         return {k: v.clone() for k, v in entry.stats.items()}
 
@@ -261,12 +269,10 @@ class TrainStep:
             raise ValueError("capture() needs TrainStep(cuda_graph=True)")
         reals = self._prepare(reals)
         labels = None if labels is None else labels.to(self.device)
-        while True:
+        key = self._graph_key(reals, res_log2, alpha)
+        while key not in self._graphs or self._graphs[key].graph is None:
             self._graphed_step(reals, res_log2, alpha, labels)
-            entry = next((e for k, e in self._graphs.items() if k[0] == res_log2 and k[1] == tuple(reals.shape)
-                          and e.graph is not None), None)
-            if entry is not None:
-                break
+        entry = self._graphs[key]
 
         def replay() -> dict:
             entry.graph.replay()
