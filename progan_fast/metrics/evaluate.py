@@ -84,9 +84,11 @@ def generate_uint8(G, num: int, res_log2: int, alpha: float = 1.0, *, seed: int 
     return torch.cat(out)
 
 
-def real_images(data, resolution: int, num_channels: int | None = None) -> torch.Tensor:
+def real_images(data, resolution: int, num_channels: int | None = None, *, num: int | None = None,
+                seed: int = 0) -> torch.Tensor:
     """uint8 [N, C, r, r] real images from a MultiResolutionDataset, a uint8 tensor / array (NCHW), or
-    a --data spec ('fashion-mnist' or a path), checked against the model's resolution and channels."""
+    a --data spec ('fashion-mnist' or a path), checked against the model's resolution and channels.
+    With `num`, a seeded random subset of at most num images (picked before any JPEG/PNG decoding)."""
     from ..data import MultiResolutionDataset, StoredDataset, load_dataset
     if isinstance(data, (str, os.PathLike)):
         data, _ = load_dataset(os.fspath(data))  # 'fashion-mnist', a dataset dir, or any --data source
@@ -94,10 +96,7 @@ def real_images(data, resolution: int, num_channels: int | None = None) -> torch
         if resolution not in data.resolutions:
             raise ValueError(f"the model makes {resolution} px images but the dataset has levels {data.resolutions}; "
                              f"use the dataset the model was trained on")
-        reals = data.level(resolution)
-        if not isinstance(reals, torch.Tensor):  # a JPEG/PNG level of a dataset dir: decode it
-            reals = reals.decode(torch.arange(len(reals)))
-        reals = torch.as_tensor(reals)
+        reals = data.level(resolution)  # a tensor, or a dataset dir's JPEG/PNG level (decoded by _subset)
     else:
         reals = torch.as_tensor(np.asarray(data)) if not isinstance(data, torch.Tensor) else data
         if reals.dtype != torch.uint8 or reals.ndim != 4:
@@ -108,14 +107,18 @@ def real_images(data, resolution: int, num_channels: int | None = None) -> torch
     if num_channels is not None and reals.shape[1] != num_channels:
         raise ValueError(f"the dataset has {reals.shape[1]} channel(s) but the model makes {num_channels}; "
                          f"use the dataset the model was trained on")
-    return reals
+    return _subset(reals, num, seed)
 
 
-def _subset(images: torch.Tensor, num: int, seed: int) -> torch.Tensor:
-    if images.shape[0] <= num:
+def _subset(images, num: int | None, seed: int) -> torch.Tensor:
+    """A seeded random subset of at most num rows (all when num is None), in index order. `images` may
+    be a tensor or an EncodedLevel: only the chosen images are decoded."""
+    n = images.shape[0]
+    idx = (torch.arange(n) if num is None or n <= num else
+           torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:num].sort().values)
+    if isinstance(images, torch.Tensor) and len(idx) == n:
         return images
-    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + 1))[:num]
-    return images[idx.sort().values]
+    return images.index_select(0, idx)
 
 
 def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", "fid", "is"), *, seed: int = 0,
@@ -177,8 +180,7 @@ def evaluate(G, data, metrics=("swd", "msssim", "fid", "is"), *, num_images: int
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     device = torch.device(device) if device is not None else next(G.parameters()).device
     res_log2 = res_log2 if res_log2 is not None else G.resolution_log2
-    reals = real_images(data, 2 ** res_log2, getattr(G, "num_channels", None))
-    reals = _subset(reals, num_images, seed)
+    reals = real_images(data, 2 ** res_log2, getattr(G, "num_channels", None), num=num_images, seed=seed)
     if alpha < 1.0 and res_log2 > 2:  # mid-fade: reals get the same blend the trainer gives them
         from ..ops import reference
         x = reference.fade_reals(reals.float() / 127.5 - 1.0, alpha)
