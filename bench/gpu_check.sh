@@ -4,7 +4,7 @@
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
 # Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
-# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / layers / data + train step
+# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers / data + train step
 # (quick mode, one pytest-benchmark JSON each) -> conv layer timings, trainer smoke runs (eager and
 # --cuda-graph) -> bench/report.py (results.json, results.md, compare against bench/results/) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
@@ -12,11 +12,11 @@
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
 # Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
 #
-# $OUT receives at most 6 files: check.log (every stage's full output), bench_ops.json,
+# $OUT receives at most 7 files: check.log (every stage's full output), bench_ops.json, bench_host.json,
 # bench_layers.json, bench_step.json (pytest-benchmark), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
-# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=55
+# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=55 T_BENCH_HOST=20
 # T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
@@ -135,6 +135,8 @@ export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
 stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
+# host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
+stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
 
@@ -153,7 +155,7 @@ fi
 # ---------------------------------------------------------------------------------- report
 say "report"
 inputs=()
-for f in "$OUT"/bench_ops.json "$OUT"/bench_layers.json "$OUT"/bench_step.json; do [[ -s $f ]] && inputs+=("$f"); done
+for f in "$OUT"/bench_ops.json "$OUT"/bench_host.json "$OUT"/bench_layers.json "$OUT"/bench_step.json; do [[ -s $f ]] && inputs+=("$f"); done
 if (( ${#inputs[@]} )); then
   timeout 20 "$PY" -m bench.report convert "${inputs[@]}" --out "$OUT/results.json" --md "$OUT/results.md" \
     --command "bench/gpu_check.sh (PROGAN_BENCH_QUICK=$PROGAN_BENCH_QUICK)" >> "$LOG" 2>&1 \

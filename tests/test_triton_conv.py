@@ -126,6 +126,21 @@ def test_double_backward_gradient_penalty(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["up_pn", "down_fused_odd"])
+def test_eager_twin_equals_registered_op(name, monkeypatch):
+    """Plain eager calls take the classic autograd.Function twin (cheaper on the host); it must
+    compute exactly what the registered op computes, penalty (double backward) included."""
+    from progan_fast.triton import library
+    x, w, b, kw = _make(_LAYER[name], torch.float32)
+    v = _probe(x, w, kw)
+    twin = _run(eq_conv2d_triton, x, w, b, kw, v, penalty=True)
+    assert "eq_conv2d_igemm_eager" in type(eq_conv2d_triton(x.requires_grad_(), w, b, **kw).grad_fn).__name__
+    monkeypatch.setattr(library, "_tracing", lambda first: True)
+    registered = _run(eq_conv2d_triton, x, w, b, kw, v, penalty=True)
+    for what, a, e in zip(("y", "grad_x", "grad_w", "grad_b"), twin, registered):
+        assert torch.equal(a, e), what
+
+
+@pytest.mark.parametrize("name", ["up_pn", "down_fused_odd"])
 def test_gradcheck_fp64(name):
     """Exact first and second derivatives, pixel-norm and resampling paths included."""
     x, w, b, kw = _make(dict(_LAYER[name], n=1, cin=2, cout=3, h=3, w=2), torch.float64)
@@ -212,3 +227,13 @@ def test_compile_fullgraph_gpu():
     x, w, b, kw = _make(dict(k=3, down=True), torch.float32)
     f = torch.compile(lambda x_, w_, b_: eq_conv2d_triton(x_, w_, b_, **kw), fullgraph=True)
     _close(f(x, w, b), reference.eq_conv2d(x.double(), w.double(), b.double(), **kw), torch.float32, "compiled")
+
+
+def test_autotune_results_cached_on_disk(monkeypatch):
+    """Tuning is kept across processes where Triton supports it; the env var opts out."""
+    import inspect
+    import triton
+    has = "cache_results" in inspect.signature(triton.autotune).parameters
+    assert conv.autotune_options() == ({"cache_results": True} if has else {})
+    monkeypatch.setenv("PROGAN_FAST_TRITON_AUTOTUNE_CACHE", "0")
+    assert conv.autotune_options() == {}

@@ -180,6 +180,56 @@ def test_matches_reference(name, dtype, layout):
         _close(a, e, TOL2[dtype], f"double-backward grad of input {k}", normwise=conv_lp)
 
 
+# ----------------------------------------------------------------------------- eager twins vs registered ops
+
+def _first_and_second_order(name, dtype, layout, seed):
+    torch.manual_seed(seed)
+    fn, make, n_diff = _case(name)
+    tensors = make(dtype, layout)
+    n_diff = len(tensors) if n_diff is None else n_diff
+    leaves = [t.detach().clone().requires_grad_(k < n_diff) for k, t in enumerate(tensors)]
+    out = fn("triton", *leaves)
+    g = torch.randn_like(out).requires_grad_()
+    first = _grads(out, leaves[:n_diff], g, create_graph=True)
+    s = sum((gr.float() ** 2).sum() for gr in first if gr.requires_grad)
+    second = _grads(s, leaves[:n_diff] + [g], None) if isinstance(s, torch.Tensor) else []
+    return out, first, second
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", [n for n in CASES if not n.startswith("eq_conv2d")] + ["eq_conv2d_pixel_norm_up"])
+def test_eager_twin_equals_registered_op(name, layout, monkeypatch):
+    """OpSet runs a classic autograd.Function twin outside tracing (cheaper on the host); it must
+    compute exactly what the registered custom op computes, to second order."""
+    from progan_fast.triton import library
+    if layout == "nhwc" and name in TWO_D:
+        pytest.skip("2-D input has no channels_last form")
+    twin = _first_and_second_order(name, torch.float32, layout, seed=7)
+    assert "_eager" in type(twin[0].grad_fn).__name__, "plain eager calls must take the twin"
+    monkeypatch.setattr(library, "_tracing", lambda first: True)
+    registered = _first_and_second_order(name, torch.float32, layout, seed=7)
+    assert "_eager" not in type(registered[0].grad_fn).__name__
+    for a, e in zip([twin[0], *twin[1], *twin[2]], [registered[0], *registered[1], *registered[2]]):
+        assert torch.equal(a, e)
+
+
+def test_tracing_takes_the_registered_op():
+    """Fake tensors, dispatch modes (make_fx, AOTAutograd) and torch.compile must see the opaque
+    operator with its fake function: the Triton launcher cannot run on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    opset = triton_backend.ops
+    with FakeTensorMode():
+        y = opset.minibatch_stddev(torch.empty(4, 3, 2, 2, device=DEVICE), 4, 1e-8)
+        assert y.shape == (4, 4, 2, 2)
+
+    def f(x, b):
+        return opset.pixel_norm(opset.bias_act(x, b, "lrelu", 0.2, 1.0, 1), 1e-8, 1)
+    gm = make_fx(f)(rand(2, 3, 2, 2), rand(3))
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert {"progan_fast.bias_act.default", "progan_fast.pixel_norm.default"} <= targets, targets
+
+
 # ----------------------------------------------------------------------------- gradcheck in float64
 
 F64 = dict(dtype=torch.float64, device=DEVICE)

@@ -19,6 +19,7 @@ C_out <= PN_MAX_COUT (512, all of PGGAN), else a second fp32 pass (documented in
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 
@@ -175,10 +176,24 @@ def _prune(configs, named_args, **kwargs):
 
 
 _KEY = ["M_BUCKET", "C_OUT", "K_TOTAL", "C_IN", "PH", "IS"]
-_tuned_general = triton.autotune(_GENERAL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _eq_conv_fwd_kernel)
-_tuned_pn = triton.autotune(_PN_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
-    _eq_conv_fwd_kernel)
+
+
+def autotune_options() -> dict:
+    """Extra triton.autotune arguments. The winning config of every tuning key is kept on disk in
+    Triton's cache (keyed by Triton version, GPU target, kernel source and config list), so a new
+    process or a resumed run does not pay the tuning again; PROGAN_FAST_TRITON_AUTOTUNE_CACHE=0
+    turns that off. Triton versions without `cache_results` tune once per process."""
+    if os.environ.get("PROGAN_FAST_TRITON_AUTOTUNE_CACHE", "1") == "0":
+        return {}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        return {"cache_results": True}
+    return {}
+
+
+_tuned_general = triton.autotune(_GENERAL_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                                 **autotune_options())(_eq_conv_fwd_kernel)
+_tuned_pn = triton.autotune(_PN_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                            **autotune_options())(_eq_conv_fwd_kernel)
 
 
 def _heuristic_meta(m, cin, cout, pn):

@@ -12,17 +12,19 @@ from typing import Optional
 
 import torch
 
-from . import conv
+from . import conv, library
 
 __all__ = ["eq_conv2d_triton", "eq_linear_triton", "eq_conv2d_backward"]
 
 
-@torch.library.custom_op("progan_fast::eq_conv2d_igemm", mutates_args=())
-def eq_conv2d_igemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
-                    act: str, slope: float, pixel_norm: bool, up: bool, down: bool,
-                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gain: float,
+             act: str, slope: float, pixel_norm: bool, up: bool, down: bool,
+             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole PGGAN conv layer in one Triton kernel; returns (y, pixel-norm factor or empty)."""
     return conv.eq_conv2d_forward(x, weight, bias, gain, act, slope, pixel_norm, up, down, eps)
+
+
+eq_conv2d_igemm = torch.library.custom_op("progan_fast::eq_conv2d_igemm", _forward, mutates_args=())
 
 
 @eq_conv2d_igemm.register_fake
@@ -111,6 +113,8 @@ def _backward(ctx, gy, gr):
 
 
 eq_conv2d_igemm.register_autograd(_backward, setup_context=_setup_context)
+# The same kernel and formulas as a classic autograd.Function, for plain eager calls (library.OpSet)
+_eager = library._eager_function("eq_conv2d_igemm", _forward, _backward, _setup_context)
 
 
 def eq_conv2d_triton(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
@@ -118,8 +122,8 @@ def eq_conv2d_triton(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", sl
     """Backend entry with progan_fast.ops.reference.eq_conv2d's signature. `fused_scale` selects a
     formula, not a function: resampling is always folded into the GEMM here, so it is ignored."""
     del fused_scale
-    return torch.ops.progan_fast.eq_conv2d_igemm(x, weight, bias, float(gain), act, float(slope),
-                                                 bool(pixel_norm), bool(up), bool(down), float(eps))[0]
+    op = eq_conv2d_igemm if library._tracing(x) else _eager
+    return op(x, weight, bias, float(gain), act, float(slope), bool(pixel_norm), bool(up), bool(down), float(eps))[0]
 
 
 def eq_linear_triton(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2):

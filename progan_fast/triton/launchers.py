@@ -8,11 +8,11 @@ rules in `_layout.py`, which the fake implementations share.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 
 import torch
-import triton
 import triton.language as tl
 
 from . import kernels as K
@@ -70,14 +70,39 @@ def _needs_i64(sizes, strides_list) -> bool:
 
 # ----------------------------------------------------------------------------- elementwise
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a jit function: ~2 us per host call
+
+
+# Launch geometry is a pure function of shapes, strides and flags: memoized, so a repeated call
+# (every training step) costs a dict lookup instead of re-planning (~10 us of Python per launch).
+_memo = functools.lru_cache(maxsize=4096)
+
+
+@_memo
+def _elementwise_geometry(shape, strides, primary, tile):
+    """(grid, int args, BR, BC, IDX64) for an elementwise launch, or None if the operands' layouts
+    do not plan into four dims."""
+    plan = plan_elementwise(shape, strides, primary)
+    if plan is None:
+        return None
+    sizes, sts = plan
+    s0, s1, s2, s3 = sizes
+    rows = s0 * s1 * s2
+    bc = min(next_pow2(s3), tile)
+    br = max(1, min(next_pow2(rows), tile // bc))
+    grid = (_cdiv(rows, br) * _cdiv(s3, bc),)
+    return grid, (rows, s1, s2, s3, *[s for st in sts for s in st]), br, bc, _needs_i64(sizes, sts)
+
+
 def _elementwise(kernel, tensors, strides, n_out, pre=(), post=(), primary=None, **consts):
     """Launch an elementwise tile kernel. `tensors` in kernel order, outputs last (`n_out` of them);
     `strides[k]` are tensor k's strides over the common shape (0 where broadcast). If the layouts
     are too unlike to plan in four dims, run on dense copies (rare: only >4-D mixed layouts)."""
-    shape = next(t.shape for t in tensors[-n_out:])
+    shape = tensors[-1].shape
     primary = len(tensors) - n_out if primary is None else primary
-    plan = plan_elementwise(shape, strides, primary)
-    if plan is None:
+    geo = _elementwise_geometry(tuple(shape), tuple(map(tuple, strides)), primary, _tile_elems())
+    if geo is None:
         ins = [t.contiguous() if t is not None and t.dim() == len(shape) else t for t in tensors[:-n_out]]
         outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors[-n_out:]]
         dense = [t.stride() if t is not None and t.dim() == len(shape) else st
@@ -86,17 +111,10 @@ def _elementwise(kernel, tensors, strides, n_out, pre=(), post=(), primary=None,
         for dst, src in zip(tensors[-n_out:], outs):
             dst.copy_(src)
         return
-    sizes, sts = plan
-    s0, s1, s2, s3 = sizes
-    rows = s0 * s1 * s2
-    elems = _tile_elems()
-    bc = min(next_pow2(s3), elems)
-    br = max(1, min(next_pow2(rows), elems // bc))
-    grid = (triton.cdiv(rows, br) * triton.cdiv(s3, bc),)
+    grid, ints, br, bc, idx64 = geo
     ptrs = [t if t is not None else tensors[-1] for t in tensors]
     with _guard(tensors[-1].device):
-        kernel[grid](*ptrs, *pre, rows, s1, s2, s3, *[s for st in sts for s in st], *post,
-                     BR=br, BC=bc, IDX64=_needs_i64(sizes, sts), **consts)
+        kernel[grid](*ptrs, *pre, *ints, *post, BR=br, BC=bc, IDX64=idx64, **consts)
 
 
 def bias_act(x, b, act, slope, gain, dim):
@@ -152,41 +170,51 @@ def lerp_grad(g, alpha_t, alpha):
 
 # ----------------------------------------------------------------------------- 2x2 resampling
 
-def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, alpha=0.0):
-    """Launch quad_kernel over the low-res grid, dims ordered by the high-res tensor's layout."""
-    ref = hi_out if hi_out is not None else hi_in
-    n, c, h, w = ref.shape
+@_memo
+def _quad_geometry(shape, hi_in, lo_in, hi_out, lo_out, tile):
+    """(grid, int args, BR, BC, IDX64) of quad_kernel. `shape` is the high-res shape; the other
+    arguments are the four operands' strides (None where absent). Dims follow the high-res
+    tensor's memory order; high-res strides are doubled along H and W, plus the two tap steps."""
+    n, c, h, w = shape
     lo_shape = (n, c, h // 2, w // 2)
-    if ref.numel() == 0:
-        return
-    order = dim_order(ref.shape, ref.stride())
-    sizes = [lo_shape[d] for d in order]
+    ref = hi_out if hi_out is not None else hi_in
+    order = dim_order(shape, ref)
 
-    def hi_args(t):
-        if t is None:
+    def hi_args(s):
+        if s is None:
             return [0] * 6
-        s = t.stride()
         st = (s[0], s[1], 2 * s[2], 2 * s[3])
         return [st[d] for d in order] + [s[2], s[3]]
 
-    def lo_args(t):
-        return [0] * 4 if t is None else [t.stride(d) for d in order]
+    def lo_args(s):
+        return [0] * 4 if s is None else [s[d] for d in order]
 
-    his, los, hos, los2 = hi_args(hi_in), lo_args(lo_in), hi_args(hi_out), lo_args(lo_out)
-    s0, s1, s2, s3 = sizes
+    s0, s1, s2, s3 = [lo_shape[d] for d in order]
     rows = s0 * s1 * s2
-    elems = _tile_elems() // 4  # four high-res taps per low-res element
+    elems = tile // 4  # four high-res taps per low-res element
     bc = min(next_pow2(s3), elems)
     br = max(1, min(next_pow2(rows), elems // bc))
-    grid = (triton.cdiv(rows, br) * triton.cdiv(s3, bc),)
-    idx64 = ref.numel() > _I32_LIMIT or any(
-        t is not None and max_offset(t.shape, t.stride()) > _I32_LIMIT for t in (hi_in, lo_in, hi_out, lo_out))
-    dummy = ref
-    ptrs = [t if t is not None else dummy for t in (hi_in, lo_in, hi_out, lo_out)]
-    (ap, af), has = _alpha_args(alpha_t, alpha, dummy)
+    grid = (_cdiv(rows, br) * _cdiv(s3, bc),)
+    idx64 = math.prod(shape) > _I32_LIMIT or any(
+        st is not None and max_offset(sh, st) > _I32_LIMIT
+        for sh, st in ((shape, hi_in), (lo_shape, lo_in), (shape, hi_out), (lo_shape, lo_out)))
+    ints = (rows, s1, s2, s3, *hi_args(hi_in), *lo_args(lo_in), *hi_args(hi_out), *lo_args(lo_out))
+    return grid, ints, br, bc, idx64
+
+
+def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, alpha=0.0):
+    """Launch quad_kernel over the low-res grid, dims ordered by the high-res tensor's layout."""
+    ref = hi_out if hi_out is not None else hi_in
+    if ref.numel() == 0:
+        return
+    tensors = (hi_in, lo_in, hi_out, lo_out)
+    grid, ints, br, bc, idx64 = _quad_geometry(tuple(ref.shape), *[None if t is None else t.stride() for t in tensors],
+                                               _tile_elems())
+    ptrs = [t if t is not None else ref for t in tensors]
+    (ap, af), has = _alpha_args(alpha_t, alpha, ref)
     with _guard(ref.device):
-        K.quad_kernel[grid](*ptrs, ap, af, rows, s1, s2, s3, *his, *los, *hos, *los2,
-                            MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype), BR=br, BC=bc, IDX64=idx64)
+        K.quad_kernel[grid](*ptrs, ap, af, *ints, MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype),
+                            BR=br, BC=bc, IDX64=idx64)
 
 
 def _half(t):
@@ -236,33 +264,44 @@ def fade_reals(x, alpha_t, alpha):
 
 # ----------------------------------------------------------------------------- pixel norm family
 
+@_memo
+def _pixel_norm_geometry(shape, dim, strides, n_lead, bias_stride, tile, max_one_chunk, chunk):
+    """(grid, int args, BLOCK_C, BLOCK_I, ONE_CHUNK, IDX64, num_warps) of a pixel-norm kernel over the
+    [O, C, I] view, or None when the layouts do not collapse to it. `bias_stride` is None without a
+    bias; the PN_* limits are arguments because tests lower them."""
+    plan = plan_reduction(shape, dim, strides, primary=len(strides) - 1)
+    if plan is None:
+        return None
+    o, c, i, sts = plan
+    one = next_pow2(c) <= max_one_chunk
+    block_c = next_pow2(c) if one else min(next_pow2(chunk), next_pow2(c))
+    block_i = max(1, min(next_pow2(i), tile // block_c))
+    grid = (o * _cdiv(i, block_i),)
+    ints = (o, c, i, *[s for st in sts[:n_lead] for s in st], bias_stride or 0,
+            *[s for st in sts[n_lead:] for s in st])
+    idx64 = _needs_i64([o, c, i], [list(st) for st in sts])
+    return grid, ints, block_c, block_i, one, idx64, 4 if block_c * block_i <= 2048 else 8
+
+
 def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, **consts):
     """Run a pn kernel over the [O, C, I] view of every tensor (`tensors` in kernel order, the
     output last). Layouts that do not collapse to [O, C, I] are densified (rare)."""
     out = tensors[-1]
-    shape = out.shape
-    plan = plan_reduction(shape, dim, [t.stride() for t in tensors], primary=len(tensors) - 1)
-    if plan is None:
+    geo = _pixel_norm_geometry(tuple(out.shape), dim, tuple(t.stride() for t in tensors), n_lead,
+                               None if bias is None else bias.stride(0), _tile_elems() * 2,
+                               PN_MAX_ONE_CHUNK, PN_CHUNK)
+    if geo is None:
         tmp = torch.empty_like(out, memory_format=torch.contiguous_format)
         _pixel_norm_launch(kernel, [t.contiguous() for t in tensors[:-1]] + [tmp], bias, dim, n_lead, **consts)
         out.copy_(tmp)
         return
-    o, c, i, sts = plan
     if out.numel() == 0:
         return
-    one = next_pow2(c) <= PN_MAX_ONE_CHUNK
-    block_c = next_pow2(c) if one else min(next_pow2(PN_CHUNK), next_pow2(c))
-    tile = _tile_elems() * 2
-    block_i = max(1, min(next_pow2(i), tile // block_c))
-    grid = (o * triton.cdiv(i, block_i),)
+    grid, ints, block_c, block_i, one, idx64, warps = geo
     ptrs = tensors[:n_lead] + [bias if bias is not None else out] + tensors[n_lead:]
-    strides = [s for st in sts[:n_lead] for s in st] + [bias.stride(0) if bias is not None else 0] + \
-              [s for st in sts[n_lead:] for s in st]
-    idx64 = _needs_i64([o, c, i], [list(st) for st in sts])
     with _guard(out.device):
-        kernel[grid](*ptrs, o, c, i, *strides, BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one,
-                     IDX64=idx64, HAS_B=bias is not None, num_warps=4 if block_c * block_i <= 2048 else 8,
-                     **consts)
+        kernel[grid](*ptrs, *ints, BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one,
+                     IDX64=idx64, HAS_B=bias is not None, num_warps=warps, **consts)
 
 
 def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
@@ -291,15 +330,16 @@ def pixel_norm_grad(dy, x, eps, dim):
 
 # ----------------------------------------------------------------------------- minibatch stddev
 
-def _mbstd_geometry(x, g):
+@_memo
+def _mbstd_geometry(shape, strides, g, tile):
     """Per-sample dims (C, H, W) in x's memory order; tile = g samples x BLOCK elements."""
-    n, c, h, w = x.shape
-    order = [d + 1 for d in dim_order((c, h, w), x.stride()[1:])]
-    sizes = [x.shape[d] for d in order]
+    n, c, h, w = shape
+    order = [d + 1 for d in dim_order((c, h, w), strides[1:])]
+    sizes = [shape[d] for d in order]
     length = c * h * w
     gp = next_pow2(g)
-    block = max(1, min(next_pow2(length), _tile_elems() // gp))
-    return order, sizes, length, gp, block, triton.cdiv(length, block)
+    block = max(1, min(next_pow2(length), tile // gp))
+    return order, sizes, length, gp, block, _cdiv(length, block)
 
 
 def minibatch_stddev(x, group_size, eps):
@@ -310,7 +350,7 @@ def minibatch_stddev(x, group_size, eps):
     out = empty_4d((n, c + 1, h, w), x)
     if out.numel() == 0:
         return out
-    order, sizes, length, gp, block, p = _mbstd_geometry(x, g)
+    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems())
     acc = _acc_torch(x.dtype)
     part = torch.empty(m * p, dtype=acc, device=x.device)
     idx64 = max(max_offset(x.shape, x.stride()), max_offset(out.shape, out.stride())) > _I32_LIMIT
@@ -320,7 +360,7 @@ def minibatch_stddev(x, group_size, eps):
                                      out.stride(0), *[out.stride(d) for d in order], float(eps),
                                      ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64)
         block_hw = min(next_pow2(h * w), 1024)
-        K.mbstd_fill_kernel[(n * triton.cdiv(h * w, block_hw),)](
+        K.mbstd_fill_kernel[(n * _cdiv(h * w, block_hw),)](
             part, out, m, p, length, h * w, w, out.stride(0), out.stride(2), out.stride(3), c * out.stride(1),
             ACC=_acc(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64)
     return out
@@ -334,7 +374,7 @@ def minibatch_stddev_grad(dy, x, group_size, eps):
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
-    order, sizes, length, gp, block, p = _mbstd_geometry(x, g)
+    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems())
     gs = torch.empty(m, dtype=_acc_torch(x.dtype), device=x.device)
     idx64 = max(max_offset(t.shape, t.stride()) for t in (dy, x, dx)) > _I32_LIMIT
     with _guard(x.device):

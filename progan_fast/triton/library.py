@@ -122,22 +122,86 @@ def _reduce_bias(dx, dim, b):
     return torch.sum(dx, dim=dims, dtype=torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
 
 
+# ----------------------------------------------------------------------------- eager twins
+
+def _eager_function(name: str, impl, backward, setup=None):
+    """A classic (ctx-in-forward) autograd.Function with the op's own kernel and autograd rule.
+
+    Why: a call through `torch.library.custom_op` costs ~10 us of Python per op with grad (its
+    autograd wrapper is a setup_context-style Function, plus the dispatcher round trip), and a
+    setup_context-style Function alone ~12 us; a classic Function costs ~2 us (CPU figures,
+    docs/triton_ops.md). At PGGAN's small tensors that host time, not the kernel, is the op.
+    The formulas are the same objects the custom op registers, so both paths agree by construction.
+    """
+    def forward(ctx, *inputs):
+        out = impl(*inputs)
+        if setup is not None:
+            setup(ctx, inputs, out)
+        return out
+
+    def backward_(ctx, *grads):
+        return backward(ctx, *grads)
+
+    return type(f"{name}_eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward_)}).apply
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _tracing(first) -> bool:
+    """True when something other than plain eager execution sees the call: torch.compile / export,
+    make_fx / AOTAutograd (dispatch modes), FakeTensor or other tensor subclasses, torch function
+    modes. Those need the registered operator (opaque, with a fake implementation)."""
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._is_torch_function_mode_enabled() or type(first) not in _PLAIN_TENSORS)
+
+
+class OpSet:
+    """The operators of one `define_ops` namespace as plain callables (`opset.bias_act(...)`, with the
+    schema's positional arguments). Each runs its classic-autograd.Function twin in plain eager mode
+    and the registered operator `torch.ops.<namespace>.<name>` whenever something traces (see
+    `_tracing`). Both share one kernel and one autograd rule, so they compute the same values;
+    the twin only skips the custom-op machinery's host cost."""
+
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+        self.custom = getattr(torch.ops, namespace)
+        self.names: list[str] = []
+
+    def _add(self, name: str, custom, eager) -> None:
+        def call(*args):
+            if _tracing(args[0]):
+                return custom(*args)
+            return eager(*args)
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = f"torch.ops.{self.namespace}.{name}, or its eager twin outside tracing (OpSet)."
+        setattr(self, name, call)
+        self.names.append(name)
+
+
 # ----------------------------------------------------------------------------- definitions
 
 def define_ops(namespace: str, kernels: KernelSet):
-    """Define all progan_fast operators in `namespace` on top of `kernels`; returns the
-    `torch.ops.<namespace>` object. Idempotent per namespace."""
+    """Define all progan_fast operators as `torch.ops.<namespace>.*` on top of `kernels`; returns their
+    `OpSet` (the callables the public wrappers and the backward formulas use). Idempotent per namespace."""
     if namespace in _defined:
         return _defined[namespace]
-    lib_ops = getattr(torch.ops, namespace)
+    O = OpSet(namespace)  # what the backward formulas call: filled in at the end
     k = kernels
+    impls, customs = {}, {}
 
     def op(name, fake):
         def deco(fn):
             o = torch.library.custom_op(f"{namespace}::{name}", fn, mutates_args=())
             o.register_fake(fake)
+            impls[name], customs[name] = fn, o
             return o
         return deco
+
+    def autograd(name, backward, setup=None):
+        customs[name].register_autograd(backward, setup_context=setup)
+        O._add(name, customs[name], _eager_function(name, impls[name], backward, setup))
 
     # --- bias_act ------------------------------------------------------------
     def bias_act_fake(x, b, act, slope, gain, dim):
@@ -171,11 +235,11 @@ def define_ops(namespace: str, kernels: KernelSet):
     def bias_act_bwd(ctx, g):
         y, b = ctx.saved_tensors
         act, slope, gain, dim = ctx.args
-        dx = lib_ops.bias_act_grad(g, y, act, slope, gain)
+        dx = O.bias_act_grad(g, y, act, slope, gain)
         db = _reduce_bias(dx, dim, b) if ctx.needs_input_grad[1] else None
         return dx, db, None, None, None, None
 
-    bias_act.register_autograd(bias_act_bwd, setup_context=bias_act_setup)
+    autograd("bias_act", bias_act_bwd, bias_act_setup)
 
     def bias_act_grad_setup(ctx, inputs, output):
         dy, y, act, slope, gain = inputs
@@ -185,9 +249,9 @@ def define_ops(namespace: str, kernels: KernelSet):
     def bias_act_grad_bwd(ctx, gg):
         (y,) = ctx.saved_tensors
         # Linear in dy; the derivative with respect to y (a step function of y) is 0 a.e.
-        return lib_ops.bias_act_grad(gg, y, *ctx.args), None, None, None, None
+        return O.bias_act_grad(gg, y, *ctx.args), None, None, None, None
 
-    bias_act_grad.register_autograd(bias_act_grad_bwd, setup_context=bias_act_grad_setup)
+    autograd("bias_act_grad", bias_act_grad_bwd, bias_act_grad_setup)
 
     # --- pixel_norm -----------------------------------------------------------
     def pixel_norm_fake(x, eps, dim):
@@ -212,22 +276,22 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     def pixel_norm_bwd(ctx, g):
         (x,) = ctx.saved_tensors
-        return lib_ops.pixel_norm_grad(g, x, *ctx.args), None, None
+        return O.pixel_norm_grad(g, x, *ctx.args), None, None
 
-    pixel_norm.register_autograd(pixel_norm_bwd, setup_context=pixel_norm_setup)
+    autograd("pixel_norm", pixel_norm_bwd, pixel_norm_setup)
 
     pixel_norm_grad_setup = _save_leading(2)
 
     def pixel_norm_grad_bwd(ctx, v):
         dy, x = ctx.saved_tensors
         eps, dim = ctx.args
-        d_dy = lib_ops.pixel_norm_grad(v, x, eps, dim) if ctx.needs_input_grad[0] else None  # J symmetric
+        d_dy = O.pixel_norm_grad(v, x, eps, dim) if ctx.needs_input_grad[0] else None  # J symmetric
         d_x = None
         if ctx.needs_input_grad[1]:
             d_x = so.pn_hess(so._acc(dy), so._acc(v), so._acc(x), dim, eps).to(x.dtype)
         return d_dy, d_x, None, None
 
-    pixel_norm_grad.register_autograd(pixel_norm_grad_bwd, setup_context=pixel_norm_grad_setup)
+    autograd("pixel_norm_grad", pixel_norm_grad_bwd, pixel_norm_grad_setup)
 
     # --- bias_act_pixel_norm (G's conv epilogue) --------------------------------
     def bapn_fake(x, b, act, slope, gain, eps):
@@ -257,11 +321,11 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     def bapn_bwd(ctx, g):
         x, b = ctx.saved_tensors
-        dx = lib_ops.bias_act_pixel_norm_grad(g, x, b, *ctx.args)
+        dx = O.bias_act_pixel_norm_grad(g, x, b, *ctx.args)
         db = _reduce_bias(dx, 1, b) if ctx.needs_input_grad[1] else None
         return dx, db, None, None, None, None
 
-    bias_act_pixel_norm.register_autograd(bapn_bwd, setup_context=bapn_setup)
+    autograd("bias_act_pixel_norm", bapn_bwd, bapn_setup)
 
     bapn_grad_setup = _save_leading(3)
 
@@ -276,7 +340,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         d_b = _reduce_bias(d_u, 1, b) if b is not None and ctx.needs_input_grad[2] else None
         return d_dy, d_u.to(x.dtype), d_b, None, None, None, None
 
-    bias_act_pixel_norm_grad.register_autograd(bapn_grad_bwd, setup_context=bapn_grad_setup)
+    autograd("bias_act_pixel_norm_grad", bapn_grad_bwd, bapn_grad_setup)
 
     # --- minibatch_stddev ---------------------------------------------------------
     def mbstd_fake(x, group_size, eps):
@@ -305,9 +369,9 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     def mbstd_bwd(ctx, g):
         (x,) = ctx.saved_tensors
-        return lib_ops.minibatch_stddev_grad(g, x, *ctx.args), None, None
+        return O.minibatch_stddev_grad(g, x, *ctx.args), None, None
 
-    minibatch_stddev.register_autograd(mbstd_bwd, setup_context=mbstd_setup)
+    autograd("minibatch_stddev", mbstd_bwd, mbstd_setup)
 
     mbstd_grad_setup = _save_leading(2)
 
@@ -316,7 +380,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         d_dy, d_x = so.minibatch_stddev_grad_backward(v, dy, x, *ctx.args)
         return d_dy, d_x, None, None
 
-    minibatch_stddev_grad.register_autograd(mbstd_grad_bwd, setup_context=mbstd_grad_setup)
+    autograd("minibatch_stddev_grad", mbstd_grad_bwd, mbstd_grad_setup)
 
     # --- lerp ---------------------------------------------------------------------
     def lerp_fake(a, b, alpha_t, alpha):
@@ -345,17 +409,17 @@ def define_ops(namespace: str, kernels: KernelSet):
     def lerp_bwd(ctx, g):
         _no_alpha_grad("lerp", ctx, 2)
         (alpha_t,) = ctx.saved_tensors
-        da, db = lib_ops.lerp_grad(g, alpha_t, ctx.alpha)
+        da, db = O.lerp_grad(g, alpha_t, ctx.alpha)
         return da, db, None, None
 
-    lerp.register_autograd(lerp_bwd, setup_context=alpha_setup)
+    autograd("lerp", lerp_bwd, alpha_setup)
 
     def lerp_grad_bwd(ctx, gda, gdb):
         _no_alpha_grad("lerp_grad", ctx, 1)
         (alpha_t,) = ctx.saved_tensors
-        return lib_ops.lerp(gda, gdb, alpha_t, ctx.alpha), None, None
+        return O.lerp(gda, gdb, alpha_t, ctx.alpha), None, None
 
-    lerp_grad.register_autograd(lerp_grad_bwd, setup_context=alpha_setup)
+    autograd("lerp_grad", lerp_grad_bwd, alpha_setup)
 
     # --- upsample_blend (G's fade-in) -------------------------------------------------
     def ub_fake(hi, lo, alpha_t, alpha):
@@ -383,17 +447,17 @@ def define_ops(namespace: str, kernels: KernelSet):
     def ub_bwd(ctx, g):
         _no_alpha_grad("upsample_blend", ctx, 2)
         (alpha_t,) = ctx.saved_tensors
-        dhi, dlo = lib_ops.upsample_blend_grad(g, alpha_t, ctx.alpha)
+        dhi, dlo = O.upsample_blend_grad(g, alpha_t, ctx.alpha)
         return dhi, dlo, None, None
 
-    upsample_blend.register_autograd(ub_bwd, setup_context=alpha_setup)
+    autograd("upsample_blend", ub_bwd, alpha_setup)
 
     def ub_grad_bwd(ctx, gdhi, gdlo):
         _no_alpha_grad("upsample_blend_grad", ctx, 1)
         (alpha_t,) = ctx.saved_tensors
-        return lib_ops.upsample_blend(gdhi, gdlo, alpha_t, ctx.alpha), None, None
+        return O.upsample_blend(gdhi, gdlo, alpha_t, ctx.alpha), None, None
 
-    upsample_blend_grad.register_autograd(ub_grad_bwd, setup_context=alpha_setup)
+    autograd("upsample_blend_grad", ub_grad_bwd, alpha_setup)
 
     # --- fade_reals (self-adjoint) ------------------------------------------------------
     def fade_fake(x, alpha_t, alpha):
@@ -411,9 +475,9 @@ def define_ops(namespace: str, kernels: KernelSet):
     def fade_bwd(ctx, g):
         _no_alpha_grad("fade_reals", ctx, 1)
         (alpha_t,) = ctx.saved_tensors
-        return lib_ops.fade_reals(g, alpha_t, ctx.alpha), None, None
+        return O.fade_reals(g, alpha_t, ctx.alpha), None, None
 
-    fade_reals.register_autograd(fade_bwd, setup_context=alpha_setup)
+    autograd("fade_reals", fade_bwd, alpha_setup)
 
     # --- downsample2x <-> downsample2x_grad (adjoint pair) ------------------------------------
     def down_fake(x):
@@ -437,11 +501,12 @@ def define_ops(namespace: str, kernels: KernelSet):
         down_grad_fake(g)
         return k.downsample2x_grad(g)
 
-    downsample2x.register_autograd(lambda ctx, g: lib_ops.downsample2x_grad(g))
-    downsample2x_grad.register_autograd(lambda ctx, v: lib_ops.downsample2x(v))
+    autograd("downsample2x", lambda ctx, g: O.downsample2x_grad(g))
+    autograd("downsample2x_grad", lambda ctx, v: O.downsample2x(v))
 
-    _defined[namespace] = lib_ops
-    return lib_ops
+    assert set(O.names) == set(customs), "every operator needs an autograd rule"
+    _defined[namespace] = O
+    return O
 
 
 def split_alpha(alpha):
@@ -493,4 +558,4 @@ def public_ops(ops) -> dict:
             "lerp": lerp, "downsample2x": downsample2x, "eq_conv2d": eq_conv2d}
 
 
-__all__ = ["define_ops", "public_ops", "KernelSet", "split_alpha", "ACTS"]
+__all__ = ["define_ops", "public_ops", "OpSet", "KernelSet", "split_alpha", "ACTS"]
