@@ -30,9 +30,10 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _tile_elems() -> int:
-    # The interpreter runs programs one after another in Python: fewer, bigger tiles are faster.
-    return 16384 if _interpret() else 2048
+def _tile_elems(t: torch.Tensor) -> int:
+    # CPU tensors run only under the interpreter, which runs programs one after another in Python:
+    # fewer, bigger tiles are faster there. (Decided by device, not by reading the environment per call.)
+    return 16384 if t.device.type == "cpu" else 2048
 
 
 def _acc(dtype: torch.dtype):
@@ -101,7 +102,7 @@ def _elementwise(kernel, tensors, strides, n_out, pre=(), post=(), primary=None,
     are too unlike to plan in four dims, run on dense copies (rare: only >4-D mixed layouts)."""
     shape = tensors[-1].shape
     primary = len(tensors) - n_out if primary is None else primary
-    geo = _elementwise_geometry(tuple(shape), tuple(map(tuple, strides)), primary, _tile_elems())
+    geo = _elementwise_geometry(tuple(shape), tuple(map(tuple, strides)), primary, _tile_elems(tensors[-1]))
     if geo is None:
         ins = [t.contiguous() if t is not None and t.dim() == len(shape) else t for t in tensors[:-n_out]]
         outs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors[-n_out:]]
@@ -209,7 +210,7 @@ def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, 
         return
     tensors = (hi_in, lo_in, hi_out, lo_out)
     grid, ints, br, bc, idx64 = _quad_geometry(tuple(ref.shape), *[None if t is None else t.stride() for t in tensors],
-                                               _tile_elems())
+                                               _tile_elems(ref))
     ptrs = [t if t is not None else ref for t in tensors]
     (ap, af), has = _alpha_args(alpha_t, alpha, ref)
     with _guard(ref.device):
@@ -288,7 +289,7 @@ def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, **consts):
     output last). Layouts that do not collapse to [O, C, I] are densified (rare)."""
     out = tensors[-1]
     geo = _pixel_norm_geometry(tuple(out.shape), dim, tuple(t.stride() for t in tensors), n_lead,
-                               None if bias is None else bias.stride(0), _tile_elems() * 2,
+                               None if bias is None else bias.stride(0), _tile_elems(out) * 2,
                                PN_MAX_ONE_CHUNK, PN_CHUNK)
     if geo is None:
         tmp = torch.empty_like(out, memory_format=torch.contiguous_format)
@@ -350,7 +351,7 @@ def minibatch_stddev(x, group_size, eps):
     out = empty_4d((n, c + 1, h, w), x)
     if out.numel() == 0:
         return out
-    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems())
+    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems(x))
     acc = _acc_torch(x.dtype)
     part = torch.empty(m * p, dtype=acc, device=x.device)
     idx64 = max(max_offset(x.shape, x.stride()), max_offset(out.shape, out.stride())) > _I32_LIMIT
@@ -374,7 +375,7 @@ def minibatch_stddev_grad(dy, x, group_size, eps):
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
-    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems())
+    order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems(x))
     gs = torch.empty(m, dtype=_acc_torch(x.dtype), device=x.device)
     idx64 = max(max_offset(t.shape, t.stride()) for t in (dy, x, dx)) > _I32_LIMIT
     with _guard(x.device):
