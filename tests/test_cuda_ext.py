@@ -329,6 +329,19 @@ def test_matches_reference(name, dtype, layout):
     _check_case(_backend_module(), name, dtype, layout)
 
 
+@pytest.mark.parametrize("name", ["bias_act_lrelu", "bias_act_pixel_norm", "minibatch_stddev", "upsample_blend_c16_alpha_t",
+                                  "fade_reals", "lerp", "downsample2x"])
+def test_registered_ops_match_reference(name, monkeypatch):
+    """Plain eager calls take OpSet's autograd.Function twins; what tracing gets (the registered
+    torch.ops.progan_fast_cuda operators and their custom-op autograd) must match the reference too."""
+    from progan_fast.triton import library
+    cb = _backend_module()
+    assert "_eager" in type(cb.PUBLIC["pixel_norm"](rand(2, 3, 1, 1).requires_grad_()).grad_fn).__name__
+    monkeypatch.setattr(library, "_tracing", lambda first: True)
+    assert "_eager" not in type(cb.PUBLIC["pixel_norm"](rand(2, 3, 1, 1).requires_grad_()).grad_fn).__name__
+    _check_case(cb, name, torch.float32, "nhwc")
+
+
 @pytest.mark.parametrize("name", ["bias_act_pixel_norm", "minibatch_stddev", "upsample_blend", "lerp"])
 def test_matches_reference_float64(name):
     _check_case(_backend_module(), name, torch.float64, "nchw")

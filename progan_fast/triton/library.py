@@ -129,7 +129,7 @@ def _eager_function(name: str, impl, backward, setup=None):
 
     Why: a call through `torch.library.custom_op` costs ~10 us of Python per op with grad (its
     autograd wrapper is a setup_context-style Function, plus the dispatcher round trip), and a
-    setup_context-style Function alone ~12 us; a classic Function costs ~2 us (CPU figures,
+    setup_context-style Function alone ~13 us; a classic Function costs ~2 us (CPU figures,
     docs/triton_ops.md). At PGGAN's small tensors that host time, not the kernel, is the op.
     The formulas are the same objects the custom op registers, so both paths agree by construction.
     """
