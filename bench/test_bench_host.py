@@ -7,13 +7,16 @@ call every fused op on a tiny tensor (2x8x8x8) and report the time per call:
   ref                 the eager reference composite (several aten kernels)
   triton              the Triton backend as `ops.<op>(impl="triton")` runs it (OpSet: the classic
                       autograd.Function twin outside tracing)
+  triton_normal_launch  as `triton`, but every launch through Triton's `kernel[grid](...)` (the
+                      direct launcher cache of triton/_launch.py off) - what that cache saves
   triton_registered   the same kernels through the registered torch.ops custom operator (what
                       torch.compile sees) - the cost the twin avoids
   cuda                the compiled extension's backend (same OpSet)
 
 On a GPU the launches are real: kernels this small finish faster than the host issues them, so the
 per-call time is host time. On CPU the Triton launch itself is replaced by a no-op (the interpreter
-would time itself, not the host path), so the triton rows are the Python side only; the cuda rows
+would time itself, not the host path), so the triton rows are the Python side only (and
+triton_normal_launch equals triton: the direct launcher is GPU-only); the cuda rows
 run the extension's CPU build of the kernels (tiny). Compare rows of one run only.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from .test_bench_ops import OPS
 from .timing import run_case
 
-HOST_BACKENDS = ("ref", "triton", "triton_registered", "cuda")
+HOST_BACKENDS = ("ref", "triton", "triton_normal_launch", "triton_registered", "cuda")
 SHAPE = (2, 8, 8, 8)
 
 
@@ -69,13 +72,15 @@ def _backend_fn(op: str, backend: str, device, monkeypatch):
     if device.type == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     triton_backend = pytest.importorskip("progan_fast.triton")
-    from progan_fast.triton import kernels, library
+    from progan_fast.triton import _launch, kernels, library
     if device.type == "cpu":
         for name in dir(kernels):
             if name.endswith("_kernel"):
                 monkeypatch.setattr(kernels, name, _NoLaunch())
     if backend == "triton_registered":
         monkeypatch.setattr(library, "_tracing", lambda first: True)
+    if backend == "triton_normal_launch":
+        monkeypatch.setattr(_launch.state, "enabled", False)
     return triton_backend.PUBLIC[op]
 
 

@@ -16,6 +16,7 @@ import torch
 import triton.language as tl
 
 from . import kernels as K
+from ._launch import launch
 from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction
 
 ACT_CODES = {"linear": K.ACT_LINEAR, "relu": K.ACT_RELU, "lrelu": K.ACT_LRELU}
@@ -115,7 +116,7 @@ def _elementwise(kernel, tensors, strides, n_out, pre=(), post=(), primary=None,
     grid, ints, br, bc, idx64 = geo
     ptrs = [t if t is not None else tensors[-1] for t in tensors]
     with _guard(tensors[-1].device):
-        kernel[grid](*ptrs, *pre, *ints, *post, BR=br, BC=bc, IDX64=idx64, **consts)
+        launch(kernel, grid, [*ptrs, *pre, *ints, *post], dict(BR=br, BC=bc, IDX64=idx64, **consts))
 
 
 def bias_act(x, b, act, slope, gain, dim):
@@ -214,8 +215,8 @@ def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, 
     ptrs = [t if t is not None else ref for t in tensors]
     (ap, af), has = _alpha_args(alpha_t, alpha, ref)
     with _guard(ref.device):
-        K.quad_kernel[grid](*ptrs, ap, af, *ints, MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype),
-                            BR=br, BC=bc, IDX64=idx64)
+        launch(K.quad_kernel, grid, [*ptrs, ap, af, *ints],
+               dict(MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype), BR=br, BC=bc, IDX64=idx64))
 
 
 def _half(t):
@@ -301,8 +302,8 @@ def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, **consts):
     grid, ints, block_c, block_i, one, idx64, warps = geo
     ptrs = tensors[:n_lead] + [bias if bias is not None else out] + tensors[n_lead:]
     with _guard(out.device):
-        kernel[grid](*ptrs, *ints, BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one,
-                     IDX64=idx64, HAS_B=bias is not None, num_warps=warps, **consts)
+        launch(kernel, grid, [*ptrs, *ints], dict(BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one, IDX64=idx64,
+                                                  HAS_B=bias is not None, num_warps=warps, **consts))
 
 
 def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
@@ -356,14 +357,14 @@ def minibatch_stddev(x, group_size, eps):
     part = torch.empty(m * p, dtype=acc, device=x.device)
     idx64 = max(max_offset(x.shape, x.stride()), max_offset(out.shape, out.stride())) > _I32_LIMIT
     with _guard(x.device):
-        K.mbstd_fwd_kernel[(m * p,)](x, out, part, m, g, length, p, sizes[1], sizes[2],
-                                     x.stride(0), *[x.stride(d) for d in order],
-                                     out.stride(0), *[out.stride(d) for d in order], float(eps),
-                                     ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64)
+        launch(K.mbstd_fwd_kernel, (m * p,),
+               [x, out, part, m, g, length, p, sizes[1], sizes[2], x.stride(0), *[x.stride(d) for d in order],
+                out.stride(0), *[out.stride(d) for d in order], float(eps)],
+               dict(ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
         block_hw = min(next_pow2(h * w), 1024)
-        K.mbstd_fill_kernel[(n * _cdiv(h * w, block_hw),)](
-            part, out, m, p, length, h * w, w, out.stride(0), out.stride(2), out.stride(3), c * out.stride(1),
-            ACC=_acc(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64)
+        launch(K.mbstd_fill_kernel, (n * _cdiv(h * w, block_hw),),
+               [part, out, m, p, length, h * w, w, out.stride(0), out.stride(2), out.stride(3), c * out.stride(1)],
+               dict(ACC=_acc(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64))
     return out
 
 
@@ -379,12 +380,11 @@ def minibatch_stddev_grad(dy, x, group_size, eps):
     gs = torch.empty(m, dtype=_acc_torch(x.dtype), device=x.device)
     idx64 = max(max_offset(t.shape, t.stride()) for t in (dy, x, dx)) > _I32_LIMIT
     with _guard(x.device):
-        K.mbstd_gsum_kernel[(m,)](dy, gs, m, g, h * w, w, dy.stride(0), dy.stride(2), dy.stride(3),
-                                  c * dy.stride(1), ACC=_acc(x.dtype), BLOCK=min(next_pow2(g * h * w), 1024),
-                                  IDX64=idx64)
-        K.mbstd_bwd_kernel[(m * p,)](dy, x, dx, gs, m, g, length, p, sizes[1], sizes[2],
-                                     dy.stride(0), *[dy.stride(d) for d in order],
-                                     x.stride(0), *[x.stride(d) for d in order],
-                                     dx.stride(0), *[dx.stride(d) for d in order], float(eps),
-                                     ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64)
+        launch(K.mbstd_gsum_kernel, (m,),
+               [dy, gs, m, g, h * w, w, dy.stride(0), dy.stride(2), dy.stride(3), c * dy.stride(1)],
+               dict(ACC=_acc(x.dtype), BLOCK=min(next_pow2(g * h * w), 1024), IDX64=idx64))
+        launch(K.mbstd_bwd_kernel, (m * p,),
+               [dy, x, dx, gs, m, g, length, p, sizes[1], sizes[2], dy.stride(0), *[dy.stride(d) for d in order],
+                x.stride(0), *[x.stride(d) for d in order], dx.stride(0), *[dx.stride(d) for d in order], float(eps)],
+               dict(ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
     return dx
