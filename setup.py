@@ -122,7 +122,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["progan_fast", "progan_fast.*"]),
-    package_data={"progan_fast": ["data/bundled/*", "data/bundled/LICENSE*", "metrics/weights/*.pt"]},
+    package_data={"progan_fast": ["data/bundled/*", "data/bundled/LICENSE*", "metrics/weights/*.pt", "ops/*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.11",

@@ -133,7 +133,7 @@ fi
 # ---------------------------------------------------------------------------------- bench
 export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
-stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py -q -p no:cacheprovider
+stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py bench/test_auto_table.py -q -p no:cacheprovider
 stage bench_ops "${T_BENCH_OPS:-55}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
 # host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
 stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
@@ -161,6 +161,9 @@ if (( ${#inputs[@]} )); then
     --command "bench/gpu_check.sh (PROGAN_BENCH_QUICK=$PROGAN_BENCH_QUICK)" >> "$LOG" 2>&1 \
     || say "report convert failed (see check.log)"
   [[ -s $OUT/results.json ]] && { timeout 15 "$PY" -m bench.report compare "$OUT/results.json" 2>&1 | tee -a "$LOG" || true; }
+  # what impl='auto' should run on this GPU architecture, by the rule of bench/auto_table.py
+  # (commit it with: python -m bench.auto_table bench/results/<saved>.json --write)
+  [[ -s $OUT/results.json ]] && { timeout 15 "$PY" -m bench.auto_table "$OUT/results.json" 2>&1 | tee -a "$LOG" || true; }
 else
   say "no benchmark JSON was written"
 fi

@@ -152,3 +152,41 @@ def test_backend_selection():
         ops.pixel_norm(x, impl="cuda")
     with pytest.raises(ValueError):
         ops.set_backend("nope")
+
+
+def test_auto_table_is_well_formed():
+    """The committed per-architecture table (written by bench/auto_table.py) names known ops and
+    backends, ends every order with the reference, and says where its numbers came from."""
+    import json
+    from progan_fast.ops import _backend
+    with open(_backend.AUTO_TABLE_PATH) as f:
+        doc = json.load(f)
+    public = {"bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals",
+              "lerp", "downsample2x", "eq_conv2d"}
+    for arch, entry in doc["archs"].items():
+        assert arch.startswith("sm_") and entry["source"] and entry["rule"]
+        for op, order in entry["ops"].items():
+            assert op in public and order[-1] == "ref" and set(order) <= set(_backend.BACKENDS), (arch, op, order)
+    assert _backend.AUTO_TABLE == {a: {o: tuple(v) for o, v in e["ops"].items()} for a, e in doc["archs"].items()}
+
+
+def test_auto_picks_per_gpu_architecture(monkeypatch):
+    from progan_fast.ops import _backend
+    fake = lambda *a, **k: None  # noqa: E731  stands in for a loaded GPU backend's op
+    monkeypatch.setitem(_backend._registry["triton"], "fade_reals", fake)
+    monkeypatch.setitem(_backend._load_state, "triton", True)
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"fade_reals": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90", 1: "sm_80"})
+    assert _backend.resolve("fade_reals", "auto", torch.device("cuda", 0)) is fake
+    assert _backend.resolve("fade_reals", "auto", torch.device("cuda", 1)) is _backend._registry["ref"]["fade_reals"]
+    assert _backend.resolve("lerp", "auto", torch.device("cuda", 0)) is _backend._registry["ref"]["lerp"]
+    assert _backend.resolve("fade_reals", "auto", torch.device("cpu")) is _backend._registry["ref"]["fade_reals"]
+    assert _backend.auto_order("fade_reals", "cpu") == ("ref",)
+
+
+def test_unreadable_auto_table_means_reference(tmp_path):
+    from progan_fast.ops import _backend
+    bad = tmp_path / "auto.json"
+    bad.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="runs the reference"):
+        assert _backend._load_auto_table(str(bad)) == {}

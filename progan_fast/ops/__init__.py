@@ -75,7 +75,7 @@ def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1, impl="auto")
         _check_same("bias_act", x, b=b)
         if b.numel() != x.shape[dim]:
             raise ValueError(f"bias_act: b has {b.numel()} elements but x has {x.shape[dim]} along dim {dim}")
-    return resolve("bias_act", impl, x.device.type)(x, b, act=act, slope=float(slope), gain=float(gain), dim=dim)
+    return resolve("bias_act", impl, x.device)(x, b, act=act, slope=float(slope), gain=float(gain), dim=dim)
 
 
 def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8, impl="auto"):
@@ -87,7 +87,7 @@ def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8
         _check_same("bias_act_pixel_norm", x, b=b)
         if b.numel() != x.shape[1]:
             raise ValueError(f"bias_act_pixel_norm: b has {b.numel()} elements but x has {x.shape[1]} channels")
-    return resolve("bias_act_pixel_norm", impl, x.device.type)(x, b, act=act, slope=float(slope),
+    return resolve("bias_act_pixel_norm", impl, x.device)(x, b, act=act, slope=float(slope),
                                                                 gain=float(gain), eps=float(eps))
 
 
@@ -96,7 +96,7 @@ def pixel_norm(x, *, eps=1e-8, dim=1, impl="auto"):
     _check_tensor("pixel_norm", "x", x, ndim=None)
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"pixel_norm: dim={dim} out of range for a {x.ndim}-D input")
-    return resolve("pixel_norm", impl, x.device.type)(x, eps=float(eps), dim=dim % x.ndim)
+    return resolve("pixel_norm", impl, x.device)(x, eps=float(eps), dim=dim % x.ndim)
 
 
 def minibatch_stddev(x, *, group_size=4, eps=1e-8, impl="auto"):
@@ -110,7 +110,7 @@ def minibatch_stddev(x, *, group_size=4, eps=1e-8, impl="auto"):
     if n % g != 0:
         raise ValueError(f"minibatch_stddev: batch size {n} is not divisible by the group size {g}; "
                          f"use a batch that is a multiple of {g}")
-    return resolve("minibatch_stddev", impl, x.device.type)(x, group_size=int(group_size), eps=float(eps))
+    return resolve("minibatch_stddev", impl, x.device)(x, group_size=int(group_size), eps=float(eps))
 
 
 def _check_fade_pair(op, hi, lo):
@@ -128,7 +128,7 @@ def upsample_blend(hi, lo, alpha, *, impl="auto"):
     """G's fade-in: alpha * hi + (1 - alpha) * nearest_up2x(lo)."""
     _check_fade_pair("upsample_blend", hi, lo)
     alpha = _check_alpha("upsample_blend", alpha, hi)
-    return resolve("upsample_blend", impl, hi.device.type)(hi, lo, alpha)
+    return resolve("upsample_blend", impl, hi.device)(hi, lo, alpha)
 
 
 def fade_reals(x, alpha, *, impl="auto"):
@@ -137,7 +137,7 @@ def fade_reals(x, alpha, *, impl="auto"):
     if x.shape[2] % 2 or x.shape[3] % 2:
         raise ValueError(f"fade_reals: H and W must be even, got {tuple(x.shape)}")
     alpha = _check_alpha("fade_reals", alpha, x)
-    return resolve("fade_reals", impl, x.device.type)(x, alpha)
+    return resolve("fade_reals", impl, x.device)(x, alpha)
 
 
 def lerp(a, b, alpha, *, impl="auto"):
@@ -148,7 +148,7 @@ def lerp(a, b, alpha, *, impl="auto"):
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(f"lerp: a {tuple(a.shape)} {a.dtype} and b {tuple(b.shape)} {b.dtype} must match")
     alpha = _check_alpha("lerp", alpha, a)
-    return resolve("lerp", impl, a.device.type)(a, b, alpha)
+    return resolve("lerp", impl, a.device)(a, b, alpha)
 
 
 def downsample2x(x, *, impl="auto"):
@@ -156,7 +156,7 @@ def downsample2x(x, *, impl="auto"):
     _check_tensor("downsample2x", "x", x)
     if x.shape[2] % 2 or x.shape[3] % 2:
         raise ValueError(f"downsample2x: H and W must be even, got {tuple(x.shape)}")
-    return resolve("downsample2x", impl, x.device.type)(x)
+    return resolve("downsample2x", impl, x.device)(x)
 
 
 def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
@@ -181,6 +181,6 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
         _check_tensor(op, "bias", bias, ndim=1)
         if bias.numel() != weight.shape[0]:
             raise ValueError(f"eq_conv2d: bias has {bias.numel()} elements, weight has {weight.shape[0]} outputs")
-    return resolve(op, impl, x.device.type)(x, weight, bias, gain=float(gain), act=act, slope=float(slope),
+    return resolve(op, impl, x.device)(x, weight, bias, gain=float(gain), act=act, slope=float(slope),
                                             pixel_norm=bool(pixel_norm), up=bool(up), down=bool(down),
                                             fused_scale=bool(fused_scale), eps=float(eps))

@@ -1,8 +1,8 @@
 """Backend registry and selection: which implementation (ref | triton | cuda) runs an op.
 
 Backends register per-op callables here. `impl="auto"` (the default everywhere) resolves, per call,
-to the first backend in the op's measured preference list (AUTO_CUDA below) that implements the op
-for the tensor's device; ref on CPU. A global default can be set
+to the first backend in the op's measured preference list for the GPU's architecture
+(auto_backends.json, see AUTO_TABLE below) that implements the op; ref on CPU. A global default can be set
 with `set_backend` or, scoped, with the `use_backend` context manager.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import json
 import os
 import warnings
 from typing import Callable, Iterator
@@ -22,15 +23,47 @@ _loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast
 _load_state: dict[str, bool | None] = {"ref": True, "triton": None, "cuda": None}
 _load_errors: dict[str, str] = {}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_backend", default="auto")
-# What `auto` runs on CUDA tensors, per op (preference order; ops not listed use AUTO_DEFAULT_CUDA).
-# Filled from measurements, not hopes: bench/results/2026-11-26_nvidia-h200_dd988d49.json (H200,
-# torch 2.11, Triton 3.6) has the whole training step with every op on Triton at 0.56x (4 px) to
-# 0.99x (16 px) of the eager reference, because each Triton op call pays ~0.1 ms of host-side
-# dispatch (custom op + launcher), which outweighs the fused kernels at PGGAN's tensor sizes. So
-# `auto` keeps the reference everywhere until a measured win lands here; `impl="triton"` /
-# `--backend triton` opts in.
+# What `auto` runs on CUDA tensors: a preference order per GPU architecture and op, derived from
+# bench results by `python -m bench.auto_table RESULTS.json --write` (the rule and the source file
+# of every entry are recorded in auto_backends.json). Architectures or ops not listed run AUTO_DEFAULT_CUDA.
 AUTO_DEFAULT_CUDA: tuple[str, ...] = ("ref",)
-AUTO_CUDA: dict[str, tuple[str, ...]] = {}
+AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
+
+
+def _load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, dict[str, tuple[str, ...]]]:
+    """{arch: {op: preference order}} from auto_backends.json; empty (reference everywhere) if unreadable."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return {arch: {op: tuple(order) for op, order in entry.get("ops", {}).items()}
+                for arch, entry in doc.get("archs", {}).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
+                      RuntimeWarning, stacklevel=2)
+        return {}
+
+
+AUTO_TABLE: dict[str, dict[str, tuple[str, ...]]] = _load_auto_table()
+_arch_of_index: dict[int, str] = {}
+
+
+def cuda_arch(index: int | None = None) -> str:
+    """'sm_90' for a compute-capability-9.0 device (cached per device index)."""
+    import torch
+    if index is None:
+        index = torch.cuda.current_device()
+    arch = _arch_of_index.get(index)
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        arch = _arch_of_index[index] = f"sm_{major}{minor}"
+    return arch
+
+
+def auto_order(op: str, device) -> tuple[str, ...]:
+    """The backends `auto` tries for `op` on `device` (a torch.device or a device-type string), in order."""
+    if getattr(device, "type", device) != "cuda":
+        return ("ref",)
+    return AUTO_TABLE.get(cuda_arch(getattr(device, "index", None)), {}).get(op, AUTO_DEFAULT_CUDA)
 
 
 def register(backend: str, op: str, fn: Callable) -> None:
@@ -109,8 +142,10 @@ def _supports_device(backend: str, device_type: str) -> bool:
     return device_type == "cuda"
 
 
-def resolve(op: str, impl: str, device_type: str) -> Callable:
-    """The callable that runs `op` for `impl` on a tensor of `device_type`."""
+def resolve(op: str, impl: str, device) -> Callable:
+    """The callable that runs `op` for `impl` on a tensor on `device` (a torch.device, or a device-type
+    string; `auto` needs the device for the GPU architecture)."""
+    device_type = getattr(device, "type", device)
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
     if impl == "auto":
@@ -125,8 +160,7 @@ def resolve(op: str, impl: str, device_type: str) -> Callable:
         if fn is None:
             raise NotImplementedError(f"progan_fast.ops.{op} has no {impl!r} implementation")
         return fn
-    order = AUTO_CUDA.get(op, AUTO_DEFAULT_CUDA) if device_type == "cuda" else ("ref",)
-    for backend in order:
+    for backend in auto_order(op, device):
         if _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]:
             return _registry[backend][op]
     return _registry["ref"][op]

@@ -1,0 +1,80 @@
+"""bench/auto_table.py: the rule that fills impl='auto''s per-architecture table (pure Python)."""
+import json
+
+from .auto_table import derive, main, write
+
+
+def _case(op, backend, res, ms, batch=8, layer=None, mode="fwdbwd", kind="op"):
+    return {"id": f"{kind}/{op}/r{res}/{mode}/{backend}", "kind": kind if layer is None else "layer", "op": op,
+            "layer": layer, "backend": backend, "mode": mode, "res": res, "batch": batch, "median_ms": ms}
+
+
+def _results(cases, cap="9.0"):
+    return {"schema": "progan_fast.bench/1", "env": {"device": "NVIDIA H100", "device_capability": cap,
+                                                      "torch": "2.11", "triton": "3.6", "date": "2026-11-26"},
+            "cases": cases}
+
+
+def test_a_backend_faster_everywhere_comes_first():
+    res = _results([_case("pixel_norm", "ref", 8, 1.0), _case("pixel_norm", "ref", 128, 4.0),
+                    _case("pixel_norm", "triton", 8, 0.9), _case("pixel_norm", "triton", 128, 2.0),
+                    _case("pixel_norm", "cuda", 8, 0.5), _case("pixel_norm", "cuda", 128, 1.0),
+                    _case("pixel_norm", "cuda", 8, 0.01, mode="fwd")])  # fwd cases do not count
+    t = derive(res)
+    assert t["pixel_norm"]["order"] == ["cuda", "triton", "ref"]
+
+
+def test_slower_anywhere_or_not_measured_everywhere_never_qualifies():
+    res = _results([_case("lerp", "ref", 8, 1.0), _case("lerp", "ref", 128, 4.0),
+                    _case("lerp", "triton", 8, 1.2), _case("lerp", "triton", 128, 1.0),  # 4x cheaper, slower at r8
+                    _case("lerp", "cuda", 128, 1.0)])                                     # r8 missing
+    entry = derive(res)["lerp"]
+    assert entry["order"] == ["ref"]
+    assert "1.20x the reference's time at r8" in entry["why"] and "not measured" in entry["why"]
+
+
+def test_margin_and_per_image_weighting():
+    # 4% cheaper overall is within the margin: stays on ref
+    res = _results([_case("bias_act", "ref", 8, 1.0), _case("bias_act", "triton", 8, 0.96)])
+    assert derive(res)["bias_act"]["order"] == ["ref"]
+    # cost is per image: the batch-8 case at r128 weighs 16x the batch-128 case at r8
+    res = _results([_case("bias_act", "ref", 8, 1.0, batch=128), _case("bias_act", "ref", 128, 1.0, batch=8),
+                    _case("bias_act", "triton", 8, 1.0, batch=128), _case("bias_act", "triton", 128, 0.5, batch=8)])
+    entry = derive(res)["bias_act"]
+    assert entry["order"] == ["triton", "ref"]
+    assert abs(entry["cost_us_per_img"]["ref"] - (1 / 128 + 1 / 8) * 1e3) < 1e-3
+
+
+def test_conv_layers_count_as_eq_conv2d():
+    res = _results([_case("eq_conv2d", "ref", 8, 1.0, layer="g_conv"), _case("eq_conv2d", "ref", 8, 1.0, layer="d_down"),
+                    _case("eq_conv2d", "triton", 8, 0.5, layer="g_conv"), _case("eq_conv2d", "triton", 8, 1.5, layer="d_down")])
+    entry = derive(res)["eq_conv2d"]
+    assert entry["order"] == ["ref"] and "d_down r8" in entry["why"]
+
+
+def test_write_replaces_only_its_architecture(tmp_path):
+    table = tmp_path / "auto.json"
+    table.write_text(json.dumps({"archs": {"sm_80": {"ops": {"lerp": ["triton", "ref"]}}}}))
+    res = _results([_case("lerp", "ref", 8, 1.0), _case("lerp", "triton", 8, 0.5)])
+    assert write(res, derive(res), "bench/results/x.json", str(table)) == "sm_90"
+    doc = json.loads(table.read_text())
+    assert doc["archs"]["sm_80"]["ops"] == {"lerp": ["triton", "ref"]}
+    assert doc["archs"]["sm_90"]["ops"] == {"lerp": ["triton", "ref"]}
+    assert doc["archs"]["sm_90"]["source"] == "bench/results/x.json" and "rule" in doc["archs"]["sm_90"]
+
+
+def test_cli_prints_and_refuses_cpu_results(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_results([_case("lerp", "ref", 8, 1.0), _case("lerp", "triton", 8, 0.5)])))
+    assert main([str(path)]) == 0
+    assert "lerp" in capsys.readouterr().out
+    cpu = _results([_case("lerp", "ref", 8, 1.0)])
+    cpu["env"].pop("device_capability")
+    path.write_text(json.dumps(cpu))
+    table = tmp_path / "t.json"
+    try:
+        main([str(path), "--write", "--table", str(table)])
+    except ValueError as exc:
+        assert "device_capability" in str(exc)
+    else:
+        raise AssertionError("a CPU run must not write a GPU table")
