@@ -152,9 +152,12 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _tracing(first) -> bool:
     """True when something other than plain eager execution sees the call: torch.compile / export,
     make_fx / AOTAutograd (dispatch modes), FakeTensor or other tensor subclasses, torch function
-    modes. Those need the registered operator (opaque, with a fake implementation)."""
+    modes, torch.func transforms. Those get the registered operator (opaque, with a fake
+    implementation). (torch.func.grad / vmap support neither path today: torch 2.14's custom-op
+    autograd is not functorch-aware either.)"""
     return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or torch._C._is_torch_function_mode_enabled() or type(first) not in _PLAIN_TENSORS)
+            or torch._C._is_torch_function_mode_enabled() or torch._C._are_functorch_transforms_active()
+            or type(first) not in _PLAIN_TENSORS)
 
 
 class OpSet:
