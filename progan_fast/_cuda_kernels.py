@@ -26,7 +26,6 @@ def _ext():
     return _C
 
 
-
 def bias_act(x, b, act, slope, gain, dim):
     y = torch.empty_like(x)
     _ext().bias_act(x, b, y, ACT_CODES[act], float(slope), float(gain), int(dim))

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--amp", action="store_true", help="mixed precision (autocast; bf16 unless --amp-dtype fp16)")
     x.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="fp16 adds dynamic loss scaling (CUDA only)")
     x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
-    x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"], help="operator backend (default auto)")
+    x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"],
+                   help="operator backend (default auto: on CUDA, per op, the backend the committed bench results favour for this GPU architecture, progan_fast/ops/auto_backends.json; the reference elsewhere)")
     x.add_argument("--cuda-graph", action="store_true",
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
                         "it at <= 32 px, where the step is launch-bound (single GPU)")
