@@ -303,8 +303,12 @@ def _check_case(cb, name, dtype, layout):
     diff = {i: leaves[i][:n_diff] for i in impls}
     first = {i: _grads(out[i], diff[i], gs[i], create_graph=True) for i in impls}
     for k, (a, e) in enumerate(zip(first["cuda"], first["ref"])):
-        # A bias gradient sums dx already rounded to storage precision: allow the sqrt(n)-ulp gap.
-        _close(a, e, (TOL2 if a.dim() == 1 and dtype != torch.float32 else TOL)[dtype], f"grad of input {k}")
+        # A gradient that sums several upstream elements (a bias; the low-res input of upsample_blend)
+        # is rounded differently by the two sides: the kernels sum in fp32 and round once, the
+        # low-precision reference rounds its partial sums (an error on the summands' scale, which can
+        # exceed a 2e-3 tolerance where they cancel). Allow the second-order tolerance there.
+        reduced = a.numel() < out["ref"].numel() and dtype != torch.float32
+        _close(a, e, (TOL2 if reduced else TOL)[dtype], f"grad of input {k}")
 
     vs = [torch.randn_like(t) for t in first["ref"]]
     second = {}

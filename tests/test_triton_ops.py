@@ -162,10 +162,12 @@ def test_matches_reference(name, dtype, layout):
     # in both backends) amplifies 1-ulp differences of the epilogue's gradient: compare normwise.
     conv_lp = name.startswith("eq_conv2d") and dtype != torch.float32
     for k, (a, e) in enumerate(zip(first["triton"], first["ref"])):
-        # A bias gradient is a sum of dx already rounded to storage precision (as in every fused
-        # bias_act); the reference sums before rounding: allow the sqrt(n)-ulp gap in fp16/bf16.
-        _close(a, e, (TOL2 if a.dim() == 1 and dtype != torch.float32 else TOL)[dtype], f"grad of input {k}",
-               normwise=conv_lp)
+        # A gradient that sums several upstream elements (a bias: a sum of dx already rounded to
+        # storage precision; the low-res input of upsample_blend) is rounded differently by the two
+        # sides in fp16/bf16 (an error on the summands' scale where they cancel): allow the
+        # second-order tolerance there.
+        reduced = a.numel() < out["ref"].numel() and dtype != torch.float32
+        _close(a, e, (TOL2 if reduced else TOL)[dtype], f"grad of input {k}", normwise=conv_lp)
 
     # Double backward: d/d(inputs, upstream grad) of <first-order grads, v> (what the WGAN-GP
     # penalty needs: the upstream gradient of an op inside D depends on D's parameters).
