@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from . import ops
 from .training.checkpoint import LATEST, load_checkpoint
 from .training.config import PRESETS, TrainConfig, check_resume_compatible, parse_res_dict
 from .utils.devices import pick_device
@@ -134,6 +135,12 @@ def _check_precision_device(cfg: TrainConfig, device: torch.device) -> None:
         raise ValueError("--cuda-graph needs a CUDA device")
     if cfg.cuda_graph and cfg.world_size > 1:
         raise ValueError("--cuda-graph is single-GPU only for now (the gradient all-reduce is not captured)")
+    if cfg.backend in ("triton", "cuda"):
+        from .ops import _backend
+        if device.type != "cuda" and not (cfg.backend == "triton" and _backend.triton_interpret()):
+            raise ValueError(f"--backend {cfg.backend} needs a CUDA device (here: {device}); use --backend auto")
+        if not _backend._ensure_loaded(cfg.backend):
+            raise ValueError(f"--backend {cfg.backend} is unavailable: {_backend.backend_error(cfg.backend)}")
 
 
 def load_dataset(cfg: TrainConfig):
@@ -231,7 +238,8 @@ def _train(args: dict, distributed) -> int:
         trainer.load_state_dict(ckpt)
     if rank == 0:
         print(f"progan_fast: {desc}; {cfg.resolution}px x{cfg.num_channels}; preset {cfg.preset}; device {device}"
-              f"{f' x{world} ranks' if world > 1 else ''}; amp {cfg.amp_dtype if cfg.amp else 'off'}; run dir {run_dir}",
+              f"{f' x{world} ranks' if world > 1 else ''}; amp {cfg.amp_dtype if cfg.amp else 'off'}; "
+              f"ops {ops.describe(device)}; run dir {run_dir}",
               file=sys.stderr)
     status = trainer.run()
     if rank == 0:

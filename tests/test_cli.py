@@ -99,3 +99,16 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 def test_help_explains():
     r = _run(["progan_fast.train", "--help"])
     assert r.returncode == 0 and "--amp" in r.stdout and "--resume" in r.stdout and "FashionMNIST" in r.stdout
+
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backend_on_cpu_is_a_one_line_error(backend, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = _run(["progan_fast.train", "--backend", backend, "--outdir", str(tmp_path), *TINY], env=env)
+    assert r.returncode == 2, r.stderr
+    assert f"error: --backend {backend} needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())  # refused before a run directory is made

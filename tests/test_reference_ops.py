@@ -190,3 +190,14 @@ def test_unreadable_auto_table_means_reference(tmp_path):
     bad.write_text("{not json")
     with pytest.warns(RuntimeWarning, match="runs the reference"):
         assert _backend._load_auto_table(str(bad)) == {}
+
+
+def test_describe_names_the_backend_of_every_op(monkeypatch):
+    from progan_fast.ops import _backend
+    assert ops.describe(torch.device("cpu")) == "ref"
+    fake = lambda *a, **k: None  # noqa: E731
+    monkeypatch.setitem(_backend._registry["triton"], "fade_reals", fake)
+    monkeypatch.setitem(_backend._load_state, "triton", True)
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"fade_reals": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
+    assert ops.describe(torch.device("cuda", 0)) == "ref (fade_reals: triton)"

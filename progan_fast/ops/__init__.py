@@ -12,12 +12,12 @@ import math
 import torch
 
 from . import reference
-from ._backend import (available_backends, backend_error, get_backend, register, resolve, set_backend,
+from ._backend import (available_backends, backend_error, describe, get_backend, register, resolve, set_backend,
                        triton_interpret, use_backend)
 
 __all__ = [
     "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals", "lerp", "downsample2x",
-    "eq_conv2d", "set_backend", "get_backend", "use_backend", "available_backends", "backend_error",
+    "eq_conv2d", "set_backend", "get_backend", "use_backend", "available_backends", "backend_error", "describe",
     "triton_interpret", "register", "reference",
 ]
 

@@ -164,3 +164,18 @@ def resolve(op: str, impl: str, device) -> Callable:
         if _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]:
             return _registry[backend][op]
     return _registry["ref"][op]
+
+
+def describe(device, ops_: tuple[str, ...] | None = None) -> str:
+    """One line saying which backend runs each op on `device` under the current default, e.g.
+    'ref (fade_reals: triton)': the most common backend first, the exceptions in parentheses."""
+    names = ops_ or tuple(sorted(_registry["ref"]))
+    by_backend: dict[str, list[str]] = {}
+    for op in names:
+        fn = resolve(op, "auto", device)
+        backend = next((b for b in BACKENDS if _registry[b].get(op) is fn), "?")
+        by_backend.setdefault(backend, []).append(op)
+    ranked = sorted(by_backend.items(), key=lambda kv: -len(kv[1]))
+    main, rest = ranked[0][0], ranked[1:]
+    exceptions = "; ".join(", ".join(names_) + ": " + backend for backend, names_ in rest)
+    return main + (f" ({exceptions})" if rest else "")
