@@ -265,6 +265,37 @@ def test_gradcheck_float64(name):
 
 # ----------------------------------------------------------------------------- strides and tiling
 
+@pytest.mark.parametrize("shape,layout,dim,mode", [
+    ((3, 5, 90, 70), "nhwc", 1, 1),     # bias along the columns (channels_last): several row blocks
+    ((3, 5, 90, 70), "nchw", 1, 2),     # bias along a row dim (NCHW)
+    ((1, 3, 150, 120), "nchw", 1, 2),   # several column blocks per row
+    ((3, 5, 4, 3), "nchw", 2, 2),       # bias along H
+    ((7, 3), "nchw", 0, 2),             # 2-D, bias along dim 0
+    ((7, 3), "nchw", 1, 1),             # 2-D latent-style, bias along the columns
+    ((2, 1, 3, 3), "nchw", 1, None),    # one channel: the planner drops the dim, torch sums
+])
+def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode):
+    """bias_act's backward writes per-tile partial sums of dx for db (no second pass over dx)."""
+    dy = rand(*shape, layout=layout)
+    y = rand(*shape, layout=layout)
+    geo = launchers._bias_grad_geometry(tuple(dy.shape), (dy.stride(), y.stride(), dy.stride()), dim,
+                                        launchers._tile_elems(dy))
+    assert (geo[5] if geo else None) == mode
+    dx, db = launchers.bias_act_grad_db(dy, y, "lrelu", 0.2, 1.3, dim)
+    assert torch.equal(dx, launchers.bias_act_grad(dy, y, "lrelu", 0.2, 1.3))
+    expect = dx.double().sum([d for d in range(dx.dim()) if d != dim])
+    assert db.dtype == torch.float32 and db.shape == (shape[dim],)
+    torch.testing.assert_close(db.double(), expect, rtol=1e-5, atol=1e-4)
+
+
+def test_bias_grad_db_op_passes_opcheck():
+    """The fused (dx, db) backward op: schema, fake function (output strides included) and autograd
+    registration agree with the kernel."""
+    dy, y = rand(3, 5, 4, 2, layout="nhwc").requires_grad_(), rand(3, 5, 4, 2, layout="nhwc")
+    torch.library.opcheck(torch.ops.progan_fast.bias_act_grad_db, (dy, y, "lrelu", 0.2, 1.4, 1),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 def test_expanded_grad_and_sliced_input():
     """Gradients that are broadcast views (x.sum().backward()) and non-contiguous inputs."""
     base = rand(3, 10, 2, 4)

@@ -140,8 +140,58 @@ def bias_act_grad(dy, y, act, slope, gain):
         yy = y if code != K.ACT_LINEAR else None
         _elementwise(K.bias_act_bwd_kernel, [dy, yy, dx],
                      [dy.stride(), yy.stride() if yy is not None else [0] * dy.dim(), dx.stride()], 1,
-                     post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype))
+                     pre=(dx,), post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype), DB=0)
     return dx
+
+
+@_memo
+def _bias_grad_geometry(shape, strides, dim, tile):
+    """bias_act_bwd_kernel's launch with the bias-gradient partial sums: (grid, int args, BR, BC,
+    IDX64, DB mode, partial-buffer shape, dims to sum it over), or None when the bias dim has size 1
+    (dropped by the planner) or the layouts do not plan. A marker operand with a stride only along
+    `dim` keeps the bias dim unmerged, so it is exactly one planned dim; its channel index is that
+    dim's index."""
+    marker = [0] * len(shape)
+    marker[dim] = 1
+    plan = plan_elementwise(shape, list(strides) + [marker], 2)
+    if plan is None:
+        return None
+    sizes, sts = plan
+    pos = [i for i, st in enumerate(sts[3]) if st != 0]
+    if len(pos) != 1:
+        return None
+    s0, s1, s2, s3 = sizes
+    rows = s0 * s1 * s2
+    bc = min(next_pow2(s3), tile)
+    br = max(1, min(next_pow2(rows), tile // bc))
+    nrb, ncb = _cdiv(rows, br), _cdiv(s3, bc)
+    ints = (rows, s1, s2, s3, *[s for st in sts[:3] for s in st])
+    if pos[0] == 3:   # bias along the columns: one row of partials per row block
+        mode, part_shape, reduce_dims = 1, (nrb, s3), (0,)
+    else:             # bias along a row dim: one column of partials per column block
+        mode, part_shape, reduce_dims = 2, (s0, s1, s2, ncb), tuple(d for d in range(4) if d != pos[0])
+    return (nrb * ncb,), ints, br, bc, _needs_i64(sizes, sts[:3]), mode, part_shape, reduce_dims
+
+
+def bias_act_grad_db(dy, y, act, slope, gain, dim):
+    """(dx, db): bias_act_grad plus the bias gradient db = sum of dx over every dim but `dim`, in
+    fp32 (fp64 for fp64), summed from per-tile partials the same kernel writes: no second pass over dx."""
+    _check("bias_act_grad_db", dy, y)
+    code = ACT_CODES[act]
+    yy = y if code != K.ACT_LINEAR else None
+    acc = _acc_torch(dy.dtype)
+    dx = torch.empty_like(dy)
+    strides = (dy.stride(), yy.stride() if yy is not None else (0,) * dy.dim(), dx.stride())
+    geo = _bias_grad_geometry(tuple(dy.shape), strides, dim, _tile_elems(dy)) if dy.numel() else None
+    if geo is None:  # empty, size-1 bias dim or unplannable layouts: the plain kernel, then a torch sum
+        dx = bias_act_grad(dy, y, act, slope, gain)
+        return dx, torch.sum(dx, dim=[d for d in range(dx.dim()) if d != dim], dtype=acc)
+    grid, ints, br, bc, idx64, mode, part_shape, reduce_dims = geo
+    part = torch.empty(part_shape, dtype=acc, device=dy.device)
+    with _guard(dy.device):
+        launch(K.bias_act_bwd_kernel, grid, [dy, yy if yy is not None else dy, dx, part, *ints, float(slope), float(gain)],
+               dict(ACT=code, ACC=_acc(dy.dtype), BR=br, BC=bc, IDX64=idx64, DB=mode))
+    return dx, part.sum(reduce_dims)
 
 
 def _alpha_args(alpha_t, alpha, like):

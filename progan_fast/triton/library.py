@@ -39,6 +39,8 @@ class KernelSet(Protocol):
     """What `define_ops` needs from a backend (all tensors already validated)."""
     def bias_act(self, x, b, act, slope, gain, dim): ...
     def bias_act_grad(self, dy, y, act, slope, gain): ...             # y is None for act='linear'
+    # optional: (dx, db in fp32) in one pass; without it db is a torch sum of dx
+    # def bias_act_grad_db(self, dy, y, act, slope, gain, dim): ...
     def pixel_norm(self, x, eps, dim): ...
     def pixel_norm_grad(self, dy, x, eps, dim): ...
     def bias_act_pixel_norm(self, x, b, act, slope, gain, eps): ...
@@ -235,9 +237,14 @@ def define_ops(namespace: str, kernels: KernelSet):
         ctx.save_for_backward(output if act != "linear" else None, b)
         ctx.args = (act, slope, gain, dim)
 
+    fused_db = hasattr(k, "bias_act_grad_db")  # the kernel set sums db in the same pass as dx
+
     def bias_act_bwd(ctx, g):
         y, b = ctx.saved_tensors
         act, slope, gain, dim = ctx.args
+        if ctx.needs_input_grad[1] and fused_db:
+            dx, db = O.bias_act_grad_db(g, y, act, slope, gain, dim)
+            return dx, db.to(b.dtype), None, None, None, None
         dx = O.bias_act_grad(g, y, act, slope, gain)
         db = _reduce_bias(dx, dim, b) if ctx.needs_input_grad[1] else None
         return dx, db, None, None, None, None
@@ -255,6 +262,35 @@ def define_ops(namespace: str, kernels: KernelSet):
         return O.bias_act_grad(gg, y, *ctx.args), None, None, None, None
 
     autograd("bias_act_grad", bias_act_grad_bwd, bias_act_grad_setup)
+
+    if fused_db:
+        def bias_act_grad_db_fake(dy, y, act, slope, gain, dim):
+            bias_act_grad_fake(dy, y, act, slope, gain)
+            _req(0 <= dim < dy.dim(), f"progan_fast.bias_act_grad_db: dim {dim} out of range for {dy.dim()}-D dy")
+            acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+            return torch.empty_like(dy), dy.new_empty((dy.shape[dim],), dtype=acc)
+
+        @op("bias_act_grad_db", bias_act_grad_db_fake)
+        def bias_act_grad_db(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float,
+                             dim: int) -> tuple[Tensor, Tensor]:
+            bias_act_grad_db_fake(dy, y, act, slope, gain, dim)
+            return k.bias_act_grad_db(dy, y, act, slope, gain, dim)
+
+        def bias_act_grad_db_setup(ctx, inputs, output):
+            dy, y, act, slope, gain, dim = inputs
+            ctx.save_for_backward(y)
+            ctx.args = (act, slope, gain)
+            ctx.dim, ctx.shape, ctx.dtype = dim, dy.shape, dy.dtype
+
+        def bias_act_grad_db_bwd(ctx, gdx, gdb):
+            # (dx, db) = (J dy, sum_{not dim} J dy) with J diagonal: the adjoint is J (gdx + gdb broadcast).
+            (y,) = ctx.saved_tensors
+            view = [1] * len(ctx.shape)
+            view[ctx.dim] = -1
+            v = gdx + gdb.reshape(view).to(ctx.dtype)
+            return O.bias_act_grad(v, y, *ctx.args), None, None, None, None, None
+
+        autograd("bias_act_grad_db", bias_act_grad_db_bwd, bias_act_grad_db_setup)
 
     # --- pixel_norm -----------------------------------------------------------
     def pixel_norm_fake(x, eps, dim):
