@@ -267,6 +267,7 @@ def test_gradcheck_float64(name):
 
 @pytest.mark.parametrize("shape,layout,dim,mode", [
     ((3, 5, 90, 70), "nhwc", 1, 1),     # bias along the columns (channels_last): several row blocks
+    ((3, 5, 90, 71), "nhwc", 1, 1),     # ... and a ragged last block
     ((3, 5, 90, 70), "nchw", 1, 2),     # bias along a row dim (NCHW)
     ((1, 3, 150, 120), "nchw", 1, 2),   # several column blocks per row
     ((3, 5, 4, 3), "nchw", 2, 2),       # bias along H
@@ -274,13 +275,19 @@ def test_gradcheck_float64(name):
     ((7, 3), "nchw", 1, 1),             # 2-D latent-style, bias along the columns
     ((2, 1, 3, 3), "nchw", 1, None),    # one channel: the planner drops the dim, torch sums
 ])
-def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode):
-    """bias_act's backward writes per-tile partial sums of dx for db (no second pass over dx)."""
+@pytest.mark.parametrize("bias_rows", [64, 8192])
+def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode, bias_rows, monkeypatch):
+    """bias_act's backward writes per-tile partial sums of dx for db (no second pass over dx).
+    bias_rows 8192: programs walk several row tiles before writing their column sums (ITERS > 1)."""
+    monkeypatch.setattr(launchers, "BIAS_ROWS", bias_rows)
+    monkeypatch.setattr(launchers, "BIAS_MIN_PROGRAMS", 1)
     dy = rand(*shape, layout=layout)
     y = rand(*shape, layout=layout)
     geo = launchers._bias_grad_geometry(tuple(dy.shape), (dy.stride(), y.stride(), dy.stride()), dim,
-                                        launchers._tile_elems(dy))
+                                        launchers._tile_elems(dy), bias_rows, 1)
     assert (geo[5] if geo else None) == mode
+    if mode == 1 and bias_rows > 64 and len(shape) == 4:
+        assert geo[6] > 1  # several row tiles per program
     dx, db = launchers.bias_act_grad_db(dy, y, "lrelu", 0.2, 1.3, dim)
     assert torch.equal(dx, launchers.bias_act_grad(dy, y, "lrelu", 0.2, 1.3))
     expect = dx.double().sum([d for d in range(dx.dim()) if d != dim])

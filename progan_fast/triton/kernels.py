@@ -95,26 +95,40 @@ def bias_act_fwd_kernel(x_ptr, b_ptr, y_ptr, R, S1, S2, S3,
 def bias_act_bwd_kernel(dy_ptr, y_ptr, dx_ptr, part_ptr, R, S1, S2, S3,
                         gs0, gs1, gs2, gs3, ys0, ys1, ys2, ys3, ds0, ds1, ds2, ds3,
                         slope, gain, ACT: tl.constexpr, ACC: tl.constexpr,
-                        BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, DB: tl.constexpr):
+                        BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, DB: tl.constexpr,
+                        ITERS: tl.constexpr):
     """dx = dy * gain * act'(x + b), the sign of x + b read back from the saved output y:
     x + b > 0  <=>  y * gain > 0 for relu/lrelu (gain == 0 makes dx 0 anyway).
-    DB != 0 also writes this tile's partial sums of dx for the bias gradient, in fp32 before
-    rounding, so db needs no second pass over dx: DB == 1 (bias along the columns, e.g.
-    channels_last) part[row block, column]; DB == 2 (bias along a row dim, e.g. NCHW)
-    part[row, column block]. Every entry is written by exactly one program (deterministic)."""
-    r, c, m = _tile(R, S3, BR, BC, IDX64)
-    i0, i1, i2 = _split_rows(r, S1, S2)
-    d = tl.load(dy_ptr + _off(i0, i1, i2, c, gs0, gs1, gs2, gs3), mask=m, other=0.0).to(ACC) * gain
-    if ACT != 0:
-        y = tl.load(y_ptr + _off(i0, i1, i2, c, ys0, ys1, ys2, ys3), mask=m, other=0.0).to(ACC)
-        d = _act_grad(d, (y * gain) > 0, ACT, slope)
-    tl.store(dx_ptr + _off(i0, i1, i2, c, ds0, ds1, ds2, ds3), d.to(dx_ptr.dtype.element_ty), mask=m)
+
+    DB != 0 also writes partial sums of dx for the bias gradient, in fp32 before rounding, so db
+    needs no second pass over dx; every partial is written by exactly one program (deterministic):
+    - DB == 1, bias along the columns (channels_last): a program walks ITERS row tiles and writes
+      its column sums once, part[program row, column], so the partials stay a small fraction of dx;
+    - DB == 2, bias along a row dim (NCHW): part[row, column block] (ITERS == 1)."""
+    pid = tl.program_id(0)
+    ncb = tl.cdiv(S3, BC)
+    c = (pid % ncb) * BC + tl.arange(0, BC)
+    if IDX64:
+        c = c.to(tl.int64)
+    cm = c < S3
+    colsum = tl.zeros([BC], dtype=ACC)
+    for k in range(ITERS):
+        r = ((pid // ncb) * ITERS + k) * BR + tl.arange(0, BR)
+        if IDX64:
+            r = r.to(tl.int64)
+        m = (r < R)[:, None] & cm[None, :]
+        i0, i1, i2 = _split_rows(r, S1, S2)
+        d = tl.load(dy_ptr + _off(i0, i1, i2, c, gs0, gs1, gs2, gs3), mask=m, other=0.0).to(ACC) * gain
+        if ACT != 0:
+            y = tl.load(y_ptr + _off(i0, i1, i2, c, ys0, ys1, ys2, ys3), mask=m, other=0.0).to(ACC)
+            d = _act_grad(d, (y * gain) > 0, ACT, slope)
+        tl.store(dx_ptr + _off(i0, i1, i2, c, ds0, ds1, ds2, ds3), d.to(dx_ptr.dtype.element_ty), mask=m)
+        if DB == 1:
+            colsum += tl.sum(d, axis=0)
+        elif DB == 2:
+            tl.store(part_ptr + r * ncb + pid % ncb, tl.sum(d, axis=1), mask=r < R)
     if DB == 1:
-        rb = tl.program_id(0) // tl.cdiv(S3, BC)
-        tl.store(part_ptr + rb * S3 + c, tl.sum(d, axis=0), mask=c < S3)
-    elif DB == 2:
-        ncb = tl.cdiv(S3, BC)
-        tl.store(part_ptr + r * ncb + tl.program_id(0) % ncb, tl.sum(d, axis=1), mask=r < R)
+        tl.store(part_ptr + (pid // ncb) * S3 + c, colsum, mask=cm)
 
 
 # ----------------------------------------------------------------------------- lerp

@@ -24,6 +24,10 @@ ACT_CODES = {"linear": K.ACT_LINEAR, "relu": K.ACT_RELU, "lrelu": K.ACT_LRELU}
 # above it they loop over channel chunks (two reads). Tests lower it to exercise the loop.
 PN_MAX_ONE_CHUNK = 4096
 PN_CHUNK = 512
+# bias_act's fused bias gradient along the columns: rows summed per program before one row of fp32
+# partials is written (64 rows: the partials are 1/32 of a bf16 dx, 1/64 of an fp32 one).
+BIAS_ROWS = 64
+BIAS_MIN_PROGRAMS = 512  # ~4 per SM on an H100; untuned (bench/test_bench_ops.py bias_act fwdbwd decides)
 _I32_LIMIT = 2 ** 31 - 1
 
 
@@ -140,12 +144,12 @@ def bias_act_grad(dy, y, act, slope, gain):
         yy = y if code != K.ACT_LINEAR else None
         _elementwise(K.bias_act_bwd_kernel, [dy, yy, dx],
                      [dy.stride(), yy.stride() if yy is not None else [0] * dy.dim(), dx.stride()], 1,
-                     pre=(dx,), post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype), DB=0)
+                     pre=(dx,), post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype), DB=0, ITERS=1)
     return dx
 
 
 @_memo
-def _bias_grad_geometry(shape, strides, dim, tile):
+def _bias_grad_geometry(shape, strides, dim, tile, bias_rows, min_programs):
     """bias_act_bwd_kernel's launch with the bias-gradient partial sums: (grid, int args, BR, BC,
     IDX64, DB mode, partial-buffer shape, dims to sum it over), or None when the bias dim has size 1
     (dropped by the planner) or the layouts do not plan. A marker operand with a stride only along
@@ -164,13 +168,18 @@ def _bias_grad_geometry(shape, strides, dim, tile):
     rows = s0 * s1 * s2
     bc = min(next_pow2(s3), tile)
     br = max(1, min(next_pow2(rows), tile // bc))
-    nrb, ncb = _cdiv(rows, br), _cdiv(s3, bc)
+    ncb = _cdiv(s3, bc)
     ints = (rows, s1, s2, s3, *[s for st in sts[:3] for s in st])
-    if pos[0] == 3:   # bias along the columns: one row of partials per row block
-        mode, part_shape, reduce_dims = 1, (nrb, s3), (0,)
+    if pos[0] == 3:   # bias along the columns: one row of partials per BIAS_ROWS rows (ITERS row tiles)
+        # but keep >= min_programs programs where the tensor allows (a memory-bound kernel
+        # needs many loads in flight on every SM)
+        iters = max(1, min(bias_rows // br, rows // (br * min_programs)))
+        nprog = _cdiv(rows, br * iters)
+        mode, part_shape, reduce_dims = 1, (nprog, s3), (0,)
     else:             # bias along a row dim: one column of partials per column block
+        iters, nprog = 1, _cdiv(rows, br)
         mode, part_shape, reduce_dims = 2, (s0, s1, s2, ncb), tuple(d for d in range(4) if d != pos[0])
-    return (nrb * ncb,), ints, br, bc, _needs_i64(sizes, sts[:3]), mode, part_shape, reduce_dims
+    return ((nprog * ncb,), ints, br, bc, _needs_i64(sizes, sts[:3]), mode, iters, part_shape, reduce_dims)
 
 
 def bias_act_grad_db(dy, y, act, slope, gain, dim):
@@ -182,15 +191,16 @@ def bias_act_grad_db(dy, y, act, slope, gain, dim):
     acc = _acc_torch(dy.dtype)
     dx = torch.empty_like(dy)
     strides = (dy.stride(), yy.stride() if yy is not None else (0,) * dy.dim(), dx.stride())
-    geo = _bias_grad_geometry(tuple(dy.shape), strides, dim, _tile_elems(dy)) if dy.numel() else None
+    geo = _bias_grad_geometry(tuple(dy.shape), strides, dim, _tile_elems(dy), BIAS_ROWS,
+                              BIAS_MIN_PROGRAMS) if dy.numel() else None
     if geo is None:  # empty, size-1 bias dim or unplannable layouts: the plain kernel, then a torch sum
         dx = bias_act_grad(dy, y, act, slope, gain)
         return dx, torch.sum(dx, dim=[d for d in range(dx.dim()) if d != dim], dtype=acc)
-    grid, ints, br, bc, idx64, mode, part_shape, reduce_dims = geo
+    grid, ints, br, bc, idx64, mode, iters, part_shape, reduce_dims = geo
     part = torch.empty(part_shape, dtype=acc, device=dy.device)
     with _guard(dy.device):
         launch(K.bias_act_bwd_kernel, grid, [dy, yy if yy is not None else dy, dx, part, *ints, float(slope), float(gain)],
-               dict(ACT=code, ACC=_acc(dy.dtype), BR=br, BC=bc, IDX64=idx64, DB=mode))
+               dict(ACT=code, ACC=_acc(dy.dtype), BR=br, BC=bc, IDX64=idx64, DB=mode, ITERS=iters))
     return dx, part.sum(reduce_dims)
 
 
