@@ -295,6 +295,32 @@ def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode, b
     torch.testing.assert_close(db.double(), expect, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,layout,bias_rows,one_chunk", [
+    ((3, 5, 40, 30), "nhwc", 64, True),      # [1, C, N*H*W]: many pixel blocks, one o
+    ((3, 5, 40, 30), "nchw", 64, True),      # [N, C, H*W]: one o per sample
+    ((2, 7, 90, 70), "nhwc", 100000, True),  # programs walk several pixel blocks (ITERS > 1)
+    ((2, 7, 90, 70), "nchw", 100000, True),
+    ((2, 9, 3, 3), "nchw", 64, False),       # channels above one chunk: the kernel cannot, torch sums dx
+])
+def test_pixel_norm_bias_gradient_summed_in_the_backward_kernel(shape, layout, bias_rows, one_chunk, monkeypatch):
+    monkeypatch.setattr(launchers, "BIAS_ROWS", bias_rows)
+    monkeypatch.setattr(launchers, "BIAS_MIN_PROGRAMS", 1)
+    if not one_chunk:
+        monkeypatch.setattr(launchers, "PN_MAX_ONE_CHUNK", 4)
+        monkeypatch.setattr(launchers, "PN_CHUNK", 4)
+    dy, x, b = rand(*shape, layout=layout), rand(*shape, layout=layout), rand(shape[1])
+    dx, db = launchers.bias_act_pixel_norm_grad_db(dy, x, b, "lrelu", 0.2, 1.4, 1e-8)
+    assert torch.equal(dx, launchers.bias_act_pixel_norm_grad(dy, x, b, "lrelu", 0.2, 1.4, 1e-8))
+    assert db.dtype == torch.float32 and db.shape == (shape[1],)
+    torch.testing.assert_close(db.double(), dx.double().sum([0, 2, 3]), rtol=1e-5, atol=1e-4)
+
+
+def test_pixel_norm_grad_db_op_passes_opcheck():
+    dy, x, b = rand(3, 5, 4, 2, layout="nhwc").requires_grad_(), rand(3, 5, 4, 2, layout="nhwc"), rand(5)
+    torch.library.opcheck(torch.ops.progan_fast.bias_act_pixel_norm_grad_db, (dy, x, b, "lrelu", 0.2, 1.4, 1e-8),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
 def test_bias_grad_db_op_passes_opcheck():
     """The fused (dx, db) backward op: schema, fake function (output strides included) and autograd
     registration agree with the kernel."""

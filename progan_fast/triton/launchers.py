@@ -345,25 +345,41 @@ def _pixel_norm_geometry(shape, dim, strides, n_lead, bias_stride, tile, max_one
     return grid, ints, block_c, block_i, one, idx64, 4 if block_c * block_i <= 2048 else 8
 
 
-def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, **consts):
+def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, bwd=False, db=False, **consts):
     """Run a pn kernel over the [O, C, I] view of every tensor (`tensors` in kernel order, the
-    output last). Layouts that do not collapse to [O, C, I] are densified (rare)."""
+    output last). Layouts that do not collapse to [O, C, I] are densified (rare). `bwd`: the
+    backward kernel (it takes the partial-sums pointer); `db`: also return the bias gradient in
+    fp32 from the kernel's partial sums (None where the kernel cannot: C above one chunk, densified
+    layouts; the caller then sums dx)."""
     out = tensors[-1]
     geo = _pixel_norm_geometry(tuple(out.shape), dim, tuple(t.stride() for t in tensors), n_lead,
                                None if bias is None else bias.stride(0), _tile_elems(out) * 2,
                                PN_MAX_ONE_CHUNK, PN_CHUNK)
     if geo is None:
         tmp = torch.empty_like(out, memory_format=torch.contiguous_format)
-        _pixel_norm_launch(kernel, [t.contiguous() for t in tensors[:-1]] + [tmp], bias, dim, n_lead, **consts)
+        _pixel_norm_launch(kernel, [t.contiguous() for t in tensors[:-1]] + [tmp], bias, dim, n_lead, bwd, **consts)
         out.copy_(tmp)
-        return
+        return None
     if out.numel() == 0:
-        return
+        return None
     grid, ints, block_c, block_i, one, idx64, warps = geo
     ptrs = tensors[:n_lead] + [bias if bias is not None else out] + tensors[n_lead:]
+    part = None
+    if bwd:
+        fused = db and one
+        iters = 1
+        if fused:  # each program sums up to BIAS_ROWS pixels of one o (keeping >= BIAS_MIN_PROGRAMS programs)
+            o, c, i = ints[0], ints[1], ints[2]
+            nib = _cdiv(i, block_i)
+            iters = max(1, min(BIAS_ROWS // block_i, (o * nib) // BIAS_MIN_PROGRAMS, nib))
+            grid = (o * _cdiv(nib, iters),)
+            part = torch.empty((grid[0], c), dtype=_acc_torch(out.dtype), device=out.device)
+        ptrs = ptrs + [part if fused else out]
+        consts = dict(consts, DB=fused, ITERS=iters)
     with _guard(out.device):
         launch(kernel, grid, [*ptrs, *ints], dict(BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one, IDX64=idx64,
                                                   HAS_B=bias is not None, num_warps=warps, **consts))
+    return None if part is None else part.sum(0)
 
 
 def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
@@ -377,9 +393,21 @@ def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
 def bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps, dim=1):
     _check("bias_act_pixel_norm_grad", dy, x, b)
     dx = torch.empty_like(x)
-    _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, dim, 2, slope=float(slope), gain=float(gain),
+    _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, dim, 2, bwd=True, slope=float(slope), gain=float(gain),
                        eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
     return dx
+
+
+def bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps):
+    """(dx, db): bias_act_pixel_norm_grad plus db = sum of dx over N, H, W in fp32 (fp64 for fp64),
+    from partial sums the same kernel writes (a torch sum of dx where it cannot)."""
+    _check("bias_act_pixel_norm_grad_db", dy, x, b)
+    dx = torch.empty_like(x)
+    db = _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, 1, 2, bwd=True, db=True, slope=float(slope),
+                            gain=float(gain), eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+    if db is None:
+        db = torch.sum(dx, dim=[d for d in range(dx.dim()) if d != 1], dtype=_acc_torch(dx.dtype))
+    return dx, db
 
 
 def pixel_norm(x, eps, dim):

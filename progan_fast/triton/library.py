@@ -39,8 +39,9 @@ class KernelSet(Protocol):
     """What `define_ops` needs from a backend (all tensors already validated)."""
     def bias_act(self, x, b, act, slope, gain, dim): ...
     def bias_act_grad(self, dy, y, act, slope, gain): ...             # y is None for act='linear'
-    # optional: (dx, db in fp32) in one pass; without it db is a torch sum of dx
+    # optional: (dx, db in fp32) in one pass; without them db is a torch sum of dx
     # def bias_act_grad_db(self, dy, y, act, slope, gain, dim): ...
+    # def bias_act_pixel_norm_grad_db(self, dy, x, b, act, slope, gain, eps): ...
     def pixel_norm(self, x, eps, dim): ...
     def pixel_norm_grad(self, dy, x, eps, dim): ...
     def bias_act_pixel_norm(self, x, b, act, slope, gain, eps): ...
@@ -358,8 +359,13 @@ def define_ops(namespace: str, kernels: KernelSet):
 
     bapn_setup = _save_leading(2)
 
+    bapn_fused_db = hasattr(k, "bias_act_pixel_norm_grad_db")
+
     def bapn_bwd(ctx, g):
         x, b = ctx.saved_tensors
+        if ctx.needs_input_grad[1] and bapn_fused_db:
+            dx, db = O.bias_act_pixel_norm_grad_db(g, x, b, *ctx.args)
+            return dx, db.to(b.dtype), None, None, None, None
         dx = O.bias_act_pixel_norm_grad(g, x, b, *ctx.args)
         db = _reduce_bias(dx, 1, b) if ctx.needs_input_grad[1] else None
         return dx, db, None, None, None, None
@@ -380,6 +386,25 @@ def define_ops(namespace: str, kernels: KernelSet):
         return d_dy, d_u.to(x.dtype), d_b, None, None, None, None
 
     autograd("bias_act_pixel_norm_grad", bapn_grad_bwd, bapn_grad_setup)
+
+    if bapn_fused_db:
+        def bapn_grad_db_fake(dy, x, b, act, slope, gain, eps):
+            bapn_grad_fake(dy, x, b, act, slope, gain, eps)
+            _req(b is not None, "progan_fast.bias_act_pixel_norm_grad_db: needs the bias b")
+            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+            return torch.empty_like(x), x.new_empty((x.shape[1],), dtype=acc)
+
+        @op("bias_act_pixel_norm_grad_db", bapn_grad_db_fake)
+        def bias_act_pixel_norm_grad_db(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
+                                        gain: float, eps: float) -> tuple[Tensor, Tensor]:
+            bapn_grad_db_fake(dy, x, b, act, slope, gain, eps)
+            return k.bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps)
+
+        def bapn_grad_db_bwd(ctx, gdx, gdb):
+            # db = sum over N, H, W of dx: its cotangent joins dx's, broadcast along C.
+            return bapn_grad_bwd(ctx, gdx + gdb.reshape(1, -1, 1, 1).to(gdx.dtype))
+
+        autograd("bias_act_pixel_norm_grad_db", bapn_grad_db_bwd, bapn_grad_setup)
 
     # --- minibatch_stddev ---------------------------------------------------------
     def mbstd_fake(x, group_size, eps):
