@@ -367,15 +367,10 @@ def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, bwd=False, db=False, 
     part = None
     if bwd:
         fused = db and one
-        iters = 1
-        if fused:  # each program sums up to BIAS_ROWS pixels of one o (keeping >= BIAS_MIN_PROGRAMS programs)
-            o, c, i = ints[0], ints[1], ints[2]
-            nib = _cdiv(i, block_i)
-            iters = max(1, min(BIAS_ROWS // block_i, (o * nib) // BIAS_MIN_PROGRAMS, nib))
-            grid = (o * _cdiv(nib, iters),)
-            part = torch.empty((grid[0], c), dtype=_acc_torch(out.dtype), device=out.device)
+        if fused:  # one row of C partials per program (its BLOCK_I pixels)
+            part = torch.empty((grid[0], ints[1]), dtype=_acc_torch(out.dtype), device=out.device)
         ptrs = ptrs + [part if fused else out]
-        consts = dict(consts, DB=fused, ITERS=iters)
+        consts = dict(consts, DB=fused)
     with _guard(out.device):
         launch(kernel, grid, [*ptrs, *ints], dict(BLOCK_C=block_c, BLOCK_I=block_i, ONE_CHUNK=one, IDX64=idx64,
                                                   HAS_B=bias is not None, num_warps=warps, **consts))
