@@ -312,6 +312,26 @@ def test_pixel_norm_bias_gradient_summed_in_the_backward_kernel(shape, layout, o
     torch.testing.assert_close(db.double(), dx.double().sum([0, 2, 3]), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("op", ["bias_act_grad_db", "bias_act_pixel_norm_grad_db"])
+def test_bias_grad_db_differentiates_through_db_alone(op):
+    """Double backward where only db is used downstream (dx's cotangent is zero), vs the reference:
+    d(sum(w * db))/d(dy) with db = sum over N, H, W of the reference's dx."""
+    x, b, w = rand(3, 5, 4, 2, layout="nhwc"), rand(5), rand(5)
+    dy = rand(3, 5, 4, 2, layout="nhwc").requires_grad_()
+    if op == "bias_act_grad_db":
+        y = launchers.bias_act(x, b, "lrelu", 0.2, 1.4, 1)
+        _, db = triton_backend.ops.bias_act_grad_db(dy, y, "lrelu", 0.2, 1.4, 1)
+        ref_fn = lambda t: reference.bias_act(t, b, act="lrelu", slope=0.2, gain=1.4)  # noqa: E731
+    else:
+        _, db = triton_backend.ops.bias_act_pixel_norm_grad_db(dy, x, b, "lrelu", 0.2, 1.4, 1e-8)
+        ref_fn = lambda t: reference.bias_act_pixel_norm(t, b, act="lrelu", slope=0.2, gain=1.4)  # noqa: E731
+    (g,) = torch.autograd.grad((db * w).sum(), dy)
+    xr = x.detach().clone().requires_grad_()
+    (dx_ref,) = torch.autograd.grad(ref_fn(xr), xr, dy, create_graph=True)
+    (expect,) = torch.autograd.grad((dx_ref.sum((0, 2, 3)) * w).sum(), dy)
+    _close(g, expect, TOL2[torch.float32], op)
+
+
 def test_pixel_norm_grad_db_op_passes_opcheck():
     dy, x, b = rand(3, 5, 4, 2, layout="nhwc").requires_grad_(), rand(3, 5, 4, 2, layout="nhwc"), rand(5)
     torch.library.opcheck(torch.ops.progan_fast.bias_act_pixel_norm_grad_db, (dy, x, b, "lrelu", 0.2, 1.4, 1e-8),

@@ -125,6 +125,15 @@ def _reduce_bias(dx, dim, b):
     return torch.sum(dx, dim=dims, dtype=torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
 
 
+def _join_bias_cotangent(gdx, gdb, view, shape, dtype, device):
+    """The cotangent of dx plus that of db = sum of dx over the non-bias dims, broadcast back
+    (either may be None: an output nobody used)."""
+    if gdb is None:
+        return gdx if gdx is not None else torch.zeros(shape, dtype=dtype, device=device)
+    g = gdb.reshape(view).to(dtype)
+    return g.expand(shape).contiguous() if gdx is None else gdx + g
+
+
 # ----------------------------------------------------------------------------- eager twins
 
 def _eager_function(name: str, impl, backward, setup=None):
@@ -281,14 +290,14 @@ def define_ops(namespace: str, kernels: KernelSet):
             dy, y, act, slope, gain, dim = inputs
             ctx.save_for_backward(y)
             ctx.args = (act, slope, gain)
-            ctx.dim, ctx.shape, ctx.dtype = dim, dy.shape, dy.dtype
+            ctx.dim, ctx.shape, ctx.dtype, ctx.device = dim, dy.shape, dy.dtype, dy.device
 
         def bias_act_grad_db_bwd(ctx, gdx, gdb):
             # (dx, db) = (J dy, sum_{not dim} J dy) with J diagonal: the adjoint is J (gdx + gdb broadcast).
             (y,) = ctx.saved_tensors
             view = [1] * len(ctx.shape)
             view[ctx.dim] = -1
-            v = gdx + gdb.reshape(view).to(ctx.dtype)
+            v = _join_bias_cotangent(gdx, gdb, view, ctx.shape, ctx.dtype, ctx.device)
             return O.bias_act_grad(v, y, *ctx.args), None, None, None, None, None
 
         autograd("bias_act_grad_db", bias_act_grad_db_bwd, bias_act_grad_db_setup)
@@ -402,7 +411,8 @@ def define_ops(namespace: str, kernels: KernelSet):
 
         def bapn_grad_db_bwd(ctx, gdx, gdb):
             # db = sum over N, H, W of dx: its cotangent joins dx's, broadcast along C.
-            return bapn_grad_bwd(ctx, gdx + gdb.reshape(1, -1, 1, 1).to(gdx.dtype))
+            x = ctx.saved_tensors[1]
+            return bapn_grad_bwd(ctx, _join_bias_cotangent(gdx, gdb, (1, -1, 1, 1), x.shape, x.dtype, x.device))
 
         autograd("bias_act_pixel_norm_grad_db", bapn_grad_db_bwd, bapn_grad_setup)
 
