@@ -182,6 +182,38 @@ def test_matches_reference(name, dtype, layout):
         _close(a, e, TOL2[dtype], f"double-backward grad of input {k}", normwise=conv_lp)
 
 
+GPU_TILE_CASES = {  # shapes that span several GPU-sized tiles (2048 elements) in every layout
+    "bias_act": (lambda i, x, b: ops.bias_act(x, b, gain=1.4, impl=i), lambda lo: (rand(3, 64, 8, 9, layout=lo), rand(64))),
+    "bias_act_pixel_norm": (lambda i, x, b: ops.bias_act_pixel_norm(x, b, gain=1.4, impl=i),
+                            lambda lo: (rand(3, 96, 8, 9, layout=lo), rand(96))),
+    "minibatch_stddev": (lambda i, x: ops.minibatch_stddev(x, impl=i), lambda lo: (rand_groups(8, 64, 4, 4, torch.float32, lo),)),
+    "upsample_blend": (lambda i, hi, lo_: ops.upsample_blend(hi, lo_, 0.3, impl=i),
+                       lambda lo: (rand(3, 16, 32, 34, layout=lo), rand(3, 16, 16, 17, layout=lo))),
+    "fade_reals": (lambda i, x: ops.fade_reals(x, 0.6, impl=i), lambda lo: (rand(3, 3, 64, 66, layout=lo),)),
+    "lerp": (lambda i, a, b: ops.lerp(a, b, 0.6, impl=i), lambda lo: (rand(3, 64, 8, 9, layout=lo), rand(3, 64, 8, 9, layout=lo))),
+    "downsample2x": (lambda i, x: ops.downsample2x(x, impl=i), lambda lo: (rand(3, 16, 32, 34, layout=lo),)),
+}
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="on a GPU every test already uses these tiles")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", list(GPU_TILE_CASES))
+def test_gpu_tile_sizes_in_the_interpreter(name, layout, monkeypatch):
+    """The interpreter normally runs 8x bigger tiles (fewer programs). With the tiles a CUDA tensor
+    gets, on shapes that span several of them, forward and backward exercise the GPU's program
+    split, masks and partial sums."""
+    monkeypatch.setattr(launchers, "_tile_elems", lambda t: 2048)
+    fn, make = GPU_TILE_CASES[name]
+    tensors = make(layout)
+    leaves = {i: [t.detach().clone().requires_grad_() for t in tensors] for i in ("triton", "ref")}
+    out = {i: fn(i, *leaves[i]) for i in leaves}
+    _close(out["triton"], out["ref"], TOL[torch.float32], f"{name} forward")
+    g = torch.randn_like(out["ref"])
+    grads = {i: _grads(out[i], leaves[i], g) for i in leaves}
+    for k, (a, e) in enumerate(zip(grads["triton"], grads["ref"])):
+        _close(a, e, TOL2[torch.float32] if a.dim() == 1 else TOL[torch.float32], f"{name} grad {k}")
+
+
 # ----------------------------------------------------------------------------- eager twins vs registered ops
 
 def _first_and_second_order(name, dtype, layout, seed):
@@ -281,6 +313,8 @@ def _close_sum(db, dx, dims):
     ((7, 3), "nchw", 0, 2),             # 2-D, bias along dim 0
     ((7, 3), "nchw", 1, 1),             # 2-D latent-style, bias along the columns
     ((2, 1, 3, 3), "nchw", 1, None),    # one channel: the planner drops the dim, torch sums
+    ((2, 512, 4, 8), "nhwc-gpu", 1, 1),  # GPU tile sizes (BR 4 x BC 512, programs walk 16 tiles)
+    ((2, 512, 4, 8), "nchw-gpu", 1, 2),
 ])
 @pytest.mark.parametrize("bias_rows", [64, 8192])
 def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode, bias_rows, monkeypatch):
@@ -288,6 +322,9 @@ def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode, b
     bias_rows 8192: programs walk several row tiles before writing their column sums (ITERS > 1)."""
     monkeypatch.setattr(launchers, "BIAS_ROWS", bias_rows)
     monkeypatch.setattr(launchers, "BIAS_MIN_PROGRAMS", 1)
+    if layout.endswith("-gpu"):  # the tiles a CUDA tensor gets, run in the interpreter
+        layout = layout[:-4]
+        monkeypatch.setattr(launchers, "_tile_elems", lambda t: 2048)
     dy = rand(*shape, layout=layout)
     y = rand(*shape, layout=layout)
     geo = launchers._bias_grad_geometry(tuple(dy.shape), (dy.stride(), y.stride(), dy.stride()), dim,
@@ -307,8 +344,13 @@ def test_bias_gradient_summed_in_the_backward_kernel(shape, layout, dim, mode, b
     ((3, 5, 40, 30), "nchw", True),      # [N, C, H*W]: one o per sample
     ((2, 7, 90, 71), "nhwc", True),      # ragged last block
     ((2, 9, 3, 3), "nchw", False),       # channels above one chunk: the kernel cannot, torch sums dx
+    ((2, 512, 4, 8), "nhwc-gpu", True),  # GPU tile sizes: BLOCK_C 512 x BLOCK_I 8
+    ((2, 512, 4, 8), "nchw-gpu", True),
 ])
 def test_pixel_norm_bias_gradient_summed_in_the_backward_kernel(shape, layout, one_chunk, monkeypatch):
+    if layout.endswith("-gpu"):
+        layout = layout[:-4]
+        monkeypatch.setattr(launchers, "_tile_elems", lambda t: 2048)
     if not one_chunk:
         monkeypatch.setattr(launchers, "PN_MAX_ONE_CHUNK", 4)
         monkeypatch.setattr(launchers, "PN_CHUNK", 4)
