@@ -71,12 +71,16 @@ def test_second_launch_of_a_key_takes_the_cached_launcher(direct):
     assert direct.direct_calls == 1
 
 
-@pytest.mark.parametrize("change", ["int_value", "dtype", "alignment", "constexpr", "grid"])
+@pytest.mark.parametrize("change", ["int_value", "dtype", "parameter_dtype", "alignment", "constexpr", "grid"])
 def test_anything_triton_specializes_on_makes_a_new_key(direct, change):
     k, x = FakeKernel(), torch.zeros(64)
+    if change == "parameter_dtype":  # a bias is an nn.Parameter: its dtype is specialized on too
+        x = torch.nn.Parameter(torch.zeros(64))
     args, consts, grid = [x, 64, 0.5], dict(BLOCK=16), (4,)
     _launch.launch(k, grid, args, consts)
-    if change == "int_value":
+    if change == "parameter_dtype":
+        args = [torch.nn.Parameter(torch.zeros(64, dtype=torch.float16)), 64, 0.5]
+    elif change == "int_value":
         args = [x, 65, 0.5]
     elif change == "dtype":
         args = [x.double(), 64, 0.5]

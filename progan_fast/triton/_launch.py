@@ -53,8 +53,9 @@ state = _State()
 
 
 def _spec(a):
-    """What Triton specializes an argument on (tensors: dtype and 16-byte alignment; ints: value)."""
-    if type(a) is torch.Tensor:
+    """What Triton specializes an argument on (tensors, nn.Parameter included: dtype and 16-byte
+    alignment; ints: value)."""
+    if isinstance(a, torch.Tensor):
         return a.dtype, (a.data_ptr() & 15) == 0
     if type(a) is int:
         return a
