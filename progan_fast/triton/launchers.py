@@ -80,6 +80,12 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)  # triton.cdiv is a jit function: ~2 us per host call
 
 
+def _tile_shape(rows: int, s3: int, elems: int) -> tuple[int, int]:
+    """(BR, BC) of a [rows x s3] tile space: the innermost dim first, up to `elems` per tile."""
+    bc = min(next_pow2(s3), elems)
+    return max(1, min(next_pow2(rows), elems // bc)), bc
+
+
 # Launch geometry is a pure function of shapes, strides and flags: memoized, so a repeated call
 # (every training step) costs a dict lookup instead of re-planning (~10 us of Python per launch).
 _memo = functools.lru_cache(maxsize=4096)
@@ -95,8 +101,7 @@ def _elementwise_geometry(shape, strides, primary, tile):
     sizes, sts = plan
     s0, s1, s2, s3 = sizes
     rows = s0 * s1 * s2
-    bc = min(next_pow2(s3), tile)
-    br = max(1, min(next_pow2(rows), tile // bc))
+    br, bc = _tile_shape(rows, s3, tile)
     grid = (_cdiv(rows, br) * _cdiv(s3, bc),)
     return grid, (rows, s1, s2, s3, *[s for st in sts for s in st]), br, bc, _needs_i64(sizes, sts)
 
@@ -166,8 +171,7 @@ def _bias_grad_geometry(shape, strides, dim, tile, bias_rows, min_programs):
         return None
     s0, s1, s2, s3 = sizes
     rows = s0 * s1 * s2
-    bc = min(next_pow2(s3), tile)
-    br = max(1, min(next_pow2(rows), tile // bc))
+    br, bc = _tile_shape(rows, s3, tile)
     ncb = _cdiv(s3, bc)
     ints = (rows, s1, s2, s3, *[s for st in sts[:3] for s in st])
     if pos[0] == 3:   # bias along the columns: one row of partials per BIAS_ROWS rows (ITERS row tiles)
@@ -253,9 +257,7 @@ def _quad_geometry(shape, hi_in, lo_in, hi_out, lo_out, tile):
 
     s0, s1, s2, s3 = [lo_shape[d] for d in order]
     rows = s0 * s1 * s2
-    elems = tile // 4  # four high-res taps per low-res element
-    bc = min(next_pow2(s3), elems)
-    br = max(1, min(next_pow2(rows), elems // bc))
+    br, bc = _tile_shape(rows, s3, tile // 4)  # four high-res taps per low-res element
     grid = (_cdiv(rows, br) * _cdiv(s3, bc),)
     idx64 = math.prod(shape) > _I32_LIMIT or any(
         st is not None and max_offset(sh, st) > _I32_LIMIT
