@@ -18,6 +18,7 @@ import triton.language as tl
 from . import kernels as K
 from ._launch import launch
 from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction
+from .library import sum_except
 
 ACT_CODES = {"linear": K.ACT_LINEAR, "relu": K.ACT_RELU, "lrelu": K.ACT_LRELU}
 # Largest channel count the pixel-norm kernels keep whole in registers (one read, one write);
@@ -199,7 +200,7 @@ def bias_act_grad_db(dy, y, act, slope, gain, dim):
                               BIAS_MIN_PROGRAMS) if dy.numel() else None
     if geo is None:  # empty, size-1 bias dim or unplannable layouts: the plain kernel, then a torch sum
         dx = bias_act_grad(dy, y, act, slope, gain)
-        return dx, torch.sum(dx, dim=[d for d in range(dx.dim()) if d != dim], dtype=acc)
+        return dx, sum_except(dx, dim, acc)
     grid, ints, br, bc, idx64, mode, iters, part_shape, reduce_dims = geo
     part = torch.empty(part_shape, dtype=acc, device=dy.device)
     with _guard(dy.device):
@@ -403,7 +404,7 @@ def bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps):
     db = _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, 1, 2, bwd=True, db=True, slope=float(slope),
                             gain=float(gain), eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
     if db is None:
-        db = torch.sum(dx, dim=[d for d in range(dx.dim()) if d != 1], dtype=_acc_torch(dx.dtype))
+        db = sum_except(dx, 1, _acc_torch(dx.dtype))
     return dx, db
 
 

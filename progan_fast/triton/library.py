@@ -120,9 +120,14 @@ def _save_leading(n_tensors: int):
     return setup
 
 
+def sum_except(t, dim, dtype):
+    """Sum of `t` over every dim but `dim`, accumulated in `dtype`: the gradient of a bias broadcast
+    along `dim` (kernel sets fall back to it where they cannot sum in their own pass)."""
+    return torch.sum(t, dim=[d for d in range(t.dim()) if d != dim], dtype=dtype)
+
+
 def _reduce_bias(dx, dim, b):
-    dims = [d for d in range(dx.dim()) if d != dim]
-    return torch.sum(dx, dim=dims, dtype=torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
+    return sum_except(dx, dim, torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
 
 
 def _join_bias_cotangent(gdx, gdb, view, shape, dtype, device):
