@@ -130,6 +130,11 @@ def pytest_configure(config):
     config._progan_ceilings = None
 
 
+def cpu_threads() -> int:
+    """Torch threads of the CPU profile (PROGAN_BENCH_THREADS, default 1)."""
+    return int(os.environ.get("PROGAN_BENCH_THREADS", "1"))
+
+
 @contextlib.contextmanager
 def bench_threads(settings: Settings):
     """CPU profile: one torch thread (PROGAN_BENCH_THREADS) while timing, restored afterwards, so a
@@ -140,7 +145,7 @@ def bench_threads(settings: Settings):
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("PROGAN_BENCH_THREADS", "1")))
+    torch.set_num_threads(cpu_threads())
     try:
         yield
     finally:
@@ -163,7 +168,7 @@ def ceilings(request, settings) -> dict:
     """Device ceilings measured once per run, in the same process and thread setting as the cases."""
     with bench_threads(settings):
         c = measure_ceilings(settings.device)
-    c["torch_threads"] = int(os.environ.get("PROGAN_BENCH_THREADS", "1")) if settings.device.type == "cpu" else None
+    c["torch_threads"] = cpu_threads() if settings.device.type == "cpu" else None
     request.config._progan_ceilings = c
     return c
 

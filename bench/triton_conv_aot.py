@@ -6,15 +6,12 @@ configs in progan_fast/triton/conv.py neither spill nor exceed shared memory; us
     python bench/triton_conv_aot.py [--arch 90 80] [--dtype bf16]
 """
 import argparse
-import os
-import re
-import subprocess
-import tempfile
 
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton_ops_aot import resource_usage  # sibling script (bench/ is on sys.path when run as a script)
 
 from progan_fast.triton import conv
 
@@ -35,13 +32,7 @@ def compile_one(arch, dtype, layer, meta, num_warps, num_stages):
     src = ASTSource(fn=kern, signature=sig, constexprs=const, attrs=attrs)
     cc = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                         options=dict(num_warps=num_warps, num_stages=num_stages))
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cc.asm["cubin"])
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    os.unlink(f.name)
-    regs = re.search(r"REG:(\d+)", usage).group(1)
-    stack = re.search(r"STACK:(\d+)", usage).group(1)
+    regs, stack = resource_usage(cc)
     return regs, stack, cc.metadata.shared, "wgmma" in cc.asm["ptx"]
 
 

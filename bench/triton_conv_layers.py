@@ -12,15 +12,11 @@ import math
 import torch
 import triton.testing
 
+from paper import BATCH_1GPU as BATCH, nf  # sibling module (bench/ is on sys.path when run as a script)
+
 from progan_fast.ops import reference
 from progan_fast.triton import conv
 from progan_fast.triton.conv_op import eq_conv2d_triton
-
-BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
-
-
-def nf(stage):
-    return min(int(8192 / 2 ** stage), 512)
 
 
 def layers(res):

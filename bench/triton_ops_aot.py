@@ -118,20 +118,26 @@ def signature(kernel, args, consts) -> tuple[dict, dict]:
     return sig, const, options
 
 
+def resource_usage(cc) -> tuple[int | None, int | None]:
+    """(registers, stack bytes: > 0 means spills) of a compiled kernel, read with Triton's bundled
+    cuobjdump; (None, None) where that tool is missing."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cc.asm["cubin"])
+    usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    regs = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    return int(regs.group(1)) if regs else None, int(stack.group(1)) if stack else None
+
+
 def compile_launch(kernel, args, consts, arch: int):
     sig, const, options = signature(kernel, args, consts)
     src = ASTSource(fn=kernel, signature=sig, constexprs=const)
     cc = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    usage = ""
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(tool):
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-            f.write(cc.asm["cubin"])
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        os.unlink(f.name)
-    regs = re.search(r"REG:(\d+)", usage)
-    stack = re.search(r"STACK:(\d+)", usage)
-    return (int(regs.group(1)) if regs else None, int(stack.group(1)) if stack else None, cc.metadata.shared)
+    return (*resource_usage(cc), cc.metadata.shared)
 
 
 def main(argv=None) -> int:
