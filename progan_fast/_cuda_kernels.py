@@ -34,7 +34,7 @@ def bias_act(x, b, act, slope, gain, dim):
 
 def bias_act_grad(dy, y, act, slope, gain):
     dx = torch.empty_like(dy)
-    _ext().bias_act_grad(dy, y if act != "linear" else None, dx, ACT_CODES[act], float(slope), float(gain))
+    _ext().bias_act_grad(dy, y, dx, ACT_CODES[act], float(slope), float(gain))  # the extension ignores y for linear
     return dx
 
 
