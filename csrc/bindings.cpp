@@ -66,6 +66,19 @@ void check_4d(const char* op, const char* name, const Tensor& t) {
   TORCH_CHECK(t.dim() == 4, "progan_fast._C.", op, ": ", name, " must be 4-D (N, C, H, W), got shape ", shape(t));
 }
 
+// `t` must be 4-D with even H and W (the high-resolution side of a 2x2 op).
+void check_even_hw(const char* op, const char* name, const Tensor& t) {
+  check_4d(op, name, t);
+  TORCH_CHECK(t.size(2) % 2 == 0 && t.size(3) % 2 == 0, "progan_fast._C.", op, ": H and W must be even, got ",
+              shape(t));
+}
+
+// `t` like `ref`: same device, dtype and shape (an output or a second input of an elementwise op).
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& ref) {
+  check(op, name, t, &ref);
+  check_shape(op, name, t, ref.sizes());
+}
+
 void check_bias(const char* op, const OptT& b, const Tensor& x, int64_t dim) {
   if (!b.has_value() || !b->defined()) return;
   check(op, "b", *b, &x, /*same_dtype=*/false);
@@ -109,8 +122,7 @@ const Tensor kNone;
 
 void bias_act(const Tensor& x, const OptT& b, const Tensor& y, int64_t act, double slope, double gain, int64_t dim) {
   check("bias_act", "x", x);
-  check("bias_act", "y", y, &x);
-  check_shape("bias_act", "y", y, x.sizes());
+  check_like("bias_act", "y", y, x);
   check_act("bias_act", act);
   check_dim("bias_act", x, dim);
   check_bias("bias_act", b, x, dim);
@@ -119,14 +131,12 @@ void bias_act(const Tensor& x, const OptT& b, const Tensor& y, int64_t act, doub
 
 void bias_act_grad(const Tensor& dy, const OptT& y, const Tensor& dx, int64_t act, double slope, double gain) {
   check("bias_act_grad", "dy", dy);
-  check("bias_act_grad", "dx", dx, &dy);
-  check_shape("bias_act_grad", "dx", dx, dy.sizes());
+  check_like("bias_act_grad", "dx", dx, dy);
   check_act("bias_act_grad", act);
   TORCH_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad: y is required unless act is linear");
   Tensor yy = act == 0 ? Tensor() : *y;
   if (yy.defined()) {
-    check("bias_act_grad", "y", yy, &dy);
-    check_shape("bias_act_grad", "y", yy, dy.sizes());
+    check_like("bias_act_grad", "y", yy, dy);
   }
   PF_RUN(dy, elementwise, pf::emu::EW_BIAS_ACT_GRAD, dy, yy, dx, kNone, std::nullopt, 0, int(act), slope, gain,
          std::nullopt, 0.0);
@@ -156,9 +166,7 @@ void lerp_grad(const Tensor& g, const OptT& alpha_t, double alpha, const Tensor&
 
 // hi [N, C, H, W] with H, W even and lo [N, C, H/2, W/2].
 void check_pair(const char* op, const Tensor& hi, const Tensor& lo) {
-  check_4d(op, "the high-resolution tensor", hi);
-  TORCH_CHECK(hi.size(2) % 2 == 0 && hi.size(3) % 2 == 0, "progan_fast._C.", op, ": H and W must be even, got ",
-              shape(hi));
+  check_even_hw(op, "the high-resolution tensor", hi);
   check_shape(op, "the low-resolution tensor", lo, {hi.size(0), hi.size(1), hi.size(2) / 2, hi.size(3) / 2});
 }
 
@@ -199,9 +207,7 @@ void upsample_blend_grad(const Tensor& g, const OptT& alpha_t, double alpha, con
 void fade_reals(const Tensor& x, const OptT& alpha_t, double alpha, const Tensor& y) {
   check("fade_reals", "x", x);
   check("fade_reals", "y", y, &x);
-  check_4d("fade_reals", "x", x);
-  TORCH_CHECK(x.size(2) % 2 == 0 && x.size(3) % 2 == 0, "progan_fast._C.fade_reals: H and W must be even, got ",
-              shape(x));
+  check_even_hw("fade_reals", "x", x);
   check_shape("fade_reals", "y", y, x.sizes());
   check_alpha("fade_reals", alpha_t, x);
   PF_RUN(x, quad, pf::emu::Q_FADE, x, kNone, y, kNone, alpha_t, alpha);
@@ -212,8 +218,7 @@ void fade_reals(const Tensor& x, const OptT& alpha_t, double alpha, const Tensor
 void pixel_norm(const Tensor& x, const OptT& b, const Tensor& y, int64_t dim, int64_t act, double slope, double gain,
                 double eps) {
   check("pixel_norm", "x", x);
-  check("pixel_norm", "y", y, &x);
-  check_shape("pixel_norm", "y", y, x.sizes());
+  check_like("pixel_norm", "y", y, x);
   check_dim("pixel_norm", x, dim);
   check_act("pixel_norm", act);
   check_bias("pixel_norm", b, x, dim);
