@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
-from .schedule import PAPER_LRATE, PAPER_MINIBATCH
+from ..data.dali import LOADERS
+from ..models import COND_HEADS, resolution_log2
+from ..ops._backend import IMPLS
+
 
 # Keys that define the run; a resumed run must agree on all of them.
 IDENTITY_KEYS = ("data", "resolution", "num_channels", "fmap_base", "fmap_decay", "fmap_max", "latent_size",
@@ -93,17 +95,12 @@ class TrainConfig:
         d = self.to_json()
         return {k: d[k] for k in IDENTITY_KEYS}
 
-    def effective_minibatch(self) -> dict:
-        return self.minibatch or PAPER_MINIBATCH
-
-    def effective_lrate(self) -> dict:
-        return self.lrate if self.lrate is not None else PAPER_LRATE
-
     def validate(self) -> None:
         if self.resolution is not None:
-            r = math.log2(self.resolution) if self.resolution > 0 else -1
-            if self.resolution < 4 or r != int(r):
-                raise ValueError(f"--resolution must be a power of two >= 4, got {self.resolution}")
+            try:
+                resolution_log2(self.resolution)
+            except ValueError as exc:
+                raise ValueError(f"--{exc}") from None
         if self.amp_dtype not in ("bf16", "fp16"):
             raise ValueError(f"--amp-dtype must be bf16 or fp16, got {self.amp_dtype!r}")
         for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lrate_base"):
@@ -116,13 +113,13 @@ class TrainConfig:
         for res, mb in (self.minibatch or {}).items():
             if mb < 1:
                 raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
-        if self.backend not in ("auto", "ref", "triton", "cuda"):
+        if self.backend not in IMPLS:
             raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
-        if self.cond_head not in ("acgan", "projection"):
+        if self.cond_head not in COND_HEADS:
             raise ValueError(f"--cond-head must be acgan or projection, got {self.cond_head!r}")
         if self.cond_weight < 0 or (self.label_embed_size is not None and self.label_embed_size < 1):
             raise ValueError("--cond-weight must be >= 0 and --label-embed-size >= 1")
-        if self.loader not in ("auto", "torch", "dali"):
+        if self.loader not in LOADERS:
             raise ValueError(f"--loader must be auto, torch or dali, got {self.loader!r}")
         if self.metrics:
             from ..metrics.evaluate import check_metrics

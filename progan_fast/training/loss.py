@@ -72,13 +72,14 @@ def d_loss_wgangp(D, reals: torch.Tensor, fakes: torch.Tensor, res_log2: int, al
     if real_logits is not None:
         if labels is None:
             raise ValueError("an AC-GAN discriminator needs the real labels for its label loss")
-        label_real = F.cross_entropy(real_logits, labels, reduction="none")
-        label_fake = F.cross_entropy(fake_logits, labels, reduction="none")
-        loss = loss + cond_weight * (label_real + label_fake)
-        stats["d_label_loss"] = (label_real + label_fake).mean().detach()
+        label_loss = (F.cross_entropy(real_logits, labels, reduction="none")
+                      + F.cross_entropy(fake_logits, labels, reduction="none"))
+        loss = loss + cond_weight * label_loss
+        stats["d_label_loss"] = label_loss.mean().detach()
         stats["real_acc"] = (real_logits.argmax(1) == labels).float().mean()
-    stats["d_loss"] = loss.mean().detach()
-    return loss.mean(), stats
+    loss = loss.mean()
+    stats["d_loss"] = loss.detach()
+    return loss, stats
 
 
 def g_loss_wgan(D, fakes: torch.Tensor, res_log2: int, alpha, *, amp_dtype=None,

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 # Official 1-GPU presets (config.py), resolution -> minibatch / learning rate.
 PAPER_MINIBATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 PAPER_LRATE = {1024: 0.0015}
-# Official 8-GPU global minibatch (sched.minibatch_dict for num_gpus=8).
-PAPER_MINIBATCH_8GPU = {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
 
 
 @dataclass(frozen=True)

@@ -40,15 +40,16 @@ def build_models(cfg: TrainConfig):
 
 def build_schedule(cfg: TrainConfig) -> Schedule:
     return Schedule(resolution=cfg.resolution, initial_resolution=cfg.initial_resolution,
-                    stable_kimg=cfg.stable_kimg, fade_kimg=cfg.fade_kimg, minibatch=cfg.effective_minibatch(),
-                    lrate=cfg.effective_lrate(), lrate_base=cfg.lrate_base, world_size=cfg.world_size,
+                    stable_kimg=cfg.stable_kimg, fade_kimg=cfg.fade_kimg, minibatch=cfg.minibatch,
+                    lrate=cfg.lrate, lrate_base=cfg.lrate_base, world_size=cfg.world_size,
                     max_minibatch_per_gpu=cfg.max_minibatch_per_gpu)
 
 
-def total_kimg(cfg: TrainConfig) -> float:
+def total_kimg(cfg: TrainConfig, schedule: Schedule) -> float:
+    """--total-kimg, or by default through the last fade plus one stable phase."""
     if cfg.total_kimg is not None:
         return cfg.total_kimg
-    return build_schedule(cfg).total_kimg_to_full() + cfg.stable_kimg
+    return schedule.total_kimg_to_full() + cfg.stable_kimg
 
 
 def _stderr(msg: str) -> None:
@@ -112,7 +113,7 @@ class Trainer:
         self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
                                         world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
-        self.total_nimg = int(round(total_kimg(cfg) * 1000))
+        self.total_nimg = int(round(total_kimg(cfg, self.schedule) * 1000))
         self.cur_nimg = 0
         self.tick = 0
         self.tick_start_nimg = 0
