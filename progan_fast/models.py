@@ -142,7 +142,6 @@ class Generator(_Arch):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv4(self.dense_act(x))
-        prev = x
         for r in range(3, res_log2 + 1):
             prev = x
             x = self.blocks[str(2 ** r)](x)
@@ -195,10 +194,8 @@ class Discriminator(_Arch):
                 labels: torch.Tensor | None = None):
         res_log2 = self.resolution_log2 if res_log2 is None else res_log2
         self._check_res(res_log2)
-        if self.cond_head == "projection":
+        if self.cond_head != "acgan":  # projection needs labels, unconditional refuses them (AC-GAN: optional)
             self._check_labels(labels, img.shape[0])
-        elif not self.num_classes:
-            self._check_labels(labels, img.shape[0])  # refuses labels
         size = 2 ** res_log2
         if img.ndim != 4 or tuple(img.shape[1:]) != (self.num_channels, size, size):
             raise ValueError(f"Discriminator: expected images [N, {self.num_channels}, {size}, {size}] at "

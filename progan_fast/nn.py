@@ -46,10 +46,9 @@ class EqualizedLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.gain, self.act, self.slope = gain, act, slope
-        self.scale = gain / math.sqrt(in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight * self.scale)
+        y = F.linear(x, ops.reference.equalized_weight(self.weight, self.gain))
         if self.bias is None and self.act == "linear":
             return y
         return ops.bias_act(y, self.bias, act=self.act, slope=self.slope)
