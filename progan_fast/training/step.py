@@ -123,48 +123,54 @@ class TrainStep:
         self._skipped.fill_(int(value))
 
     # -- the iteration ---------------------------------------------------------------------------------
+    def _shard(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's interleaved share of a draw made for the global batch (see __init__)."""
+        return t[self.rank::self.world_size]
+
     def _latents(self, n: int) -> torch.Tensor:
-        z = torch.randn(n * self.world_size, unwrap(self.G).latent_size, device=self.device, generator=self.generator)
-        return z[self.rank::self.world_size]
+        return self._shard(torch.randn(n * self.world_size, unwrap(self.G).latent_size, device=self.device,
+                                       generator=self.generator))
 
     def _labels(self, n: int) -> torch.Tensor:
         """Fake labels for the G step, uniform over the classes; drawn and sharded like the latents."""
-        y = torch.randint(unwrap(self.G).num_classes, (n * self.world_size,), device=self.device,
-                          generator=self.generator)
-        return y[self.rank::self.world_size]
+        return self._shard(torch.randint(unwrap(self.G).num_classes, (n * self.world_size,), device=self.device,
+                                         generator=self.generator))
 
     def _mix(self, n: int) -> torch.Tensor:
-        u = torch.rand(n * self.world_size, 1, 1, 1, device=self.device, generator=self.generator)
-        return u[self.rank::self.world_size]
+        return self._shard(torch.rand(n * self.world_size, 1, 1, 1, device=self.device, generator=self.generator))
 
-    def _allreduce_grads(self, params) -> None:
+    def _allreduce_grads(self, grads) -> None:
         """Average gradients over ranks in one flat all-reduce (once per optimizer step)."""
         if self.world_size == 1:
             return
         import torch.distributed as dist
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-        grads = [p.grad for p in params if p.grad is not None]
         flat = _flatten_dense_tensors(grads)
         dist.all_reduce(flat)
         flat /= self.world_size
         for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(synced)
 
-    def _apply(self, loss, opt, scaler, params) -> None:
+    @staticmethod
+    def _grads(opt) -> list:
+        """The gradients the backward just produced, for the parameters `opt` updates."""
+        return [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+
+    def _apply(self, loss, opt, scaler) -> None:
         """Backward + optimizer step; a step with non-finite gradients is skipped on the device and
         counted in self._skipped (no host synchronization either way)."""
         opt.zero_grad(set_to_none=True)
         if scaler.is_enabled():
             scaler.scale(loss).backward()
-            self._allreduce_grads(params)
+            self._allreduce_grads(self._grads(opt))
             before = scaler._scale.clone()  # the scale tensor; get_scale() would synchronize
             scaler.step(opt)  # fused Adam: the scaler passes grad_scale and found_inf to the kernel
             scaler.update()
             self._skipped += (scaler._scale < before).to(torch.int64)
         else:
             loss.backward()
-            self._allreduce_grads(params)
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = self._grads(opt)
+            self._allreduce_grads(grads)
             found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
             if grads:  # sets found_inf to 1 if any entry is inf/nan (multiplies by 1: grads unchanged)
                 torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
@@ -196,29 +202,28 @@ class TrainStep:
         G, D, dev = self.G, self.D, self.device
         cond = {} if labels is None else dict(labels=labels, cond_weight=self.cond_weight)
         n = reals.shape[0]
-        d_params = list(unwrap(D).parameters())
-        g_params = list(unwrap(G).parameters())
 
         # D step
-        unwrap(D).requires_grad_(True)
         with torch.no_grad(), _autocast(dev.type, self.amp_dtype):
             fakes = G(self._latents(n), res_log2, alpha, *([labels] if cond else []))
         mix = self._mix(n)
         d_loss, stats = d_loss_wgangp(D, reals, fakes, res_log2, alpha, mix=mix, lam=self.wgan_lambda,
                                       gamma=self.wgan_target, drift=self.drift, amp_dtype=self.amp_dtype,
                                       scaler=self.scaler_d, **cond)
-        self._apply(d_loss, self.opt_d, self.scaler_d, d_params)
+        self._apply(d_loss, self.opt_d, self.scaler_d)
 
-        # G step (D frozen so no parameter gradients are computed for it)
+        # G step (D frozen so no parameter gradients are computed for it; unfrozen even if it fails)
         unwrap(D).requires_grad_(False)
-        z = self._latents(n)
-        if cond:
-            cond["labels"] = self._labels(n)
-        with _autocast(dev.type, self.amp_dtype):
-            fakes = G(z, res_log2, alpha, *([cond["labels"]] if cond else []))
-        g_loss = g_loss_wgan(D, fakes, res_log2, alpha, amp_dtype=self.amp_dtype, stats=stats, **cond)
-        self._apply(g_loss, self.opt_g, self.scaler_g, g_params)
-        unwrap(D).requires_grad_(True)
+        try:
+            z = self._latents(n)
+            if cond:
+                cond["labels"] = self._labels(n)
+            with _autocast(dev.type, self.amp_dtype):
+                fakes = G(z, res_log2, alpha, *([cond["labels"]] if cond else []))
+            g_loss = g_loss_wgan(D, fakes, res_log2, alpha, amp_dtype=self.amp_dtype, stats=stats, **cond)
+            self._apply(g_loss, self.opt_g, self.scaler_g)
+        finally:
+            unwrap(D).requires_grad_(True)
 
         self.update_ema()
         stats["g_loss"] = g_loss.detach()
