@@ -1,6 +1,7 @@
 """Atomic checkpoint I/O: a kill at any moment leaves the previous checkpoint intact."""
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -11,13 +12,24 @@ LATEST = "checkpoint-latest.pt"
 FORMAT_VERSION = 1
 
 
+def serialize(obj) -> bytes:
+    """torch.save into memory, for writing one state to several files (save_atomic takes bytes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`."""
+    """torch.save (or, for `bytes`, write them) to a temp file in the same directory, fsync, then
+    rename over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if isinstance(obj, bytes):
+                f.write(obj)
+            else:
+                torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -22,7 +22,7 @@ from ..data import MultiResolutionDataset
 from ..data.dali import make_batch_stream
 from ..models import Discriminator, Generator
 from ..utils.images import grid, save_png, to_uint8_nhwc
-from .checkpoint import FORMAT_VERSION, LATEST, save_atomic
+from .checkpoint import FORMAT_VERSION, LATEST, save_atomic, serialize
 from .conditional import cond_kwargs, dataset_num_classes, grid_labels
 from .config import TrainConfig
 from .schedule import Schedule
@@ -148,6 +148,8 @@ class Trainer:
         if not self.is_main:
             return
         state = self.state_dict()
+        if snapshot:  # serialized once, written twice
+            state = serialize(state)
         save_atomic(state, self.run_dir / LATEST)
         if snapshot:
             save_atomic(state, self.run_dir / f"network-snapshot-{self.cur_nimg // 1000:06d}.pt")
