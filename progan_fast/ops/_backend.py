@@ -145,6 +145,11 @@ def _supports_device(backend: str, device_type: str) -> bool:
 def resolve(op: str, impl: str, device) -> Callable:
     """The callable that runs `op` for `impl` on a tensor on `device` (a torch.device, or a device-type
     string; `auto` needs the device for the GPU architecture)."""
+    return _registry[backend_for(op, impl, device)][op]
+
+
+def backend_for(op: str, impl: str, device) -> str:
+    """The name of the backend that runs `op` for `impl` on `device` (errors as `resolve`)."""
     device_type = getattr(device, "type", device)
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
@@ -156,26 +161,22 @@ def resolve(op: str, impl: str, device) -> Callable:
                                + (" (set TRITON_INTERPRET=1 to run Triton on CPU)" if impl == "triton" else ""))
         if not _ensure_loaded(impl):
             raise RuntimeError(f"progan_fast.ops.{op}: backend {impl!r} is unavailable: {_load_errors.get(impl)}")
-        fn = _registry[impl].get(op)
-        if fn is None:
+        if op not in _registry[impl]:
             raise NotImplementedError(f"progan_fast.ops.{op} has no {impl!r} implementation")
-        return fn
+        return impl
     for backend in auto_order(op, device):
         if _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]:
-            return _registry[backend][op]
-    return _registry["ref"][op]
+            return backend
+    return "ref"
 
 
-def describe(device, ops_: tuple[str, ...] | None = None) -> str:
+def describe(device) -> str:
     """One line saying which backend runs each op on `device` under the current default, e.g.
     'ref (fade_reals: triton)': the most common backend first, the exceptions in parentheses."""
-    names = ops_ or tuple(sorted(_registry["ref"]))
     by_backend: dict[str, list[str]] = {}
-    for op in names:
-        fn = resolve(op, "auto", device)
-        backend = next((b for b in BACKENDS if _registry[b].get(op) is fn), "?")
-        by_backend.setdefault(backend, []).append(op)
+    for op in sorted(_registry["ref"]):
+        by_backend.setdefault(backend_for(op, "auto", device), []).append(op)
     ranked = sorted(by_backend.items(), key=lambda kv: -len(kv[1]))
     main, rest = ranked[0][0], ranked[1:]
-    exceptions = "; ".join(", ".join(names_) + ": " + backend for backend, names_ in rest)
+    exceptions = "; ".join(", ".join(names) + ": " + backend for backend, names in rest)
     return main + (f" ({exceptions})" if rest else "")
