@@ -18,7 +18,7 @@ import torch
 
 from . import ops
 from .training.checkpoint import LATEST, load_checkpoint
-from .training.config import PRESETS, TrainConfig, check_resume_compatible, parse_res_dict
+from .training.config import PRESETS, RES_DICT_KEYS, TrainConfig, check_resume_compatible, parse_res_dict
 from .utils.devices import pick_device
 
 EPILOG = """examples:
@@ -100,15 +100,11 @@ def _fail(msg: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
-
 def _given_to_config(args: dict) -> dict:
     given = {k: v for k, v in args.items() if k not in ("outdir", "run_dir", "resume", "progress")}
-    if "minibatch" in given:
-        given["minibatch"] = parse_res_dict(given["minibatch"], int)
-    if "lrate" in given:
-        given["lrate"] = parse_res_dict(given["lrate"], float)
-    if "max_minibatch_per_gpu" in given:
-        given["max_minibatch_per_gpu"] = parse_res_dict(given["max_minibatch_per_gpu"], int)
+    for key, cast in RES_DICT_KEYS.items():
+        if key in given:
+            given[key] = parse_res_dict(given[key], cast)
     return given
 
 

@@ -10,6 +10,9 @@ from ..models import COND_HEADS, resolution_log2
 from ..ops._backend import IMPLS
 
 
+# Per-resolution options ('4:128,8:64' on the command line, string keys in JSON) and their value type.
+RES_DICT_KEYS = {"minibatch": int, "lrate": float, "max_minibatch_per_gpu": int}
+
 # Keys that define the run; a resumed run must agree on all of them.
 IDENTITY_KEYS = ("data", "resolution", "num_channels", "fmap_base", "fmap_decay", "fmap_max", "latent_size",
                  "fused_scale", "mbstd_group_size", "stable_kimg", "fade_kimg", "minibatch", "lrate",
@@ -77,7 +80,7 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        for key in ("minibatch", "lrate", "max_minibatch_per_gpu"):
+        for key in RES_DICT_KEYS:
             if d[key] is not None:
                 d[key] = {str(k): v for k, v in d[key].items()}
         return d
@@ -85,7 +88,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        for key in ("minibatch", "lrate", "max_minibatch_per_gpu"):
+        for key in RES_DICT_KEYS:
             if d.get(key) is not None:
                 d[key] = {int(k): v for k, v in d[key].items()}
         known = {f.name for f in dataclasses.fields(cls)}
