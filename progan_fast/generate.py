@@ -46,17 +46,15 @@ EPILOG = """examples:
 MEAN_LATENT_SEED = 0x5EED  # fixed, so a truncated image depends only on its own seed
 
 
-def load_generator(ckpt_path, device="cpu"):
-    """(Gs, res_log2, alpha) from a checkpoint file or run directory. A conditional Gs has
-    num_classes > 0 and needs labels (see `sample_labels`)."""
-    from .models import Generator
-    from .training.conditional import cond_kwargs
-    ckpt = load_checkpoint(ckpt_path)
+def load_generator(ckpt_path, device="cpu", ckpt: dict | None = None):
+    """(Gs, res_log2, alpha) from a checkpoint file or run directory (`ckpt`: that checkpoint, if the
+    caller has already loaded it). A conditional Gs has num_classes > 0 and needs labels (see
+    `sample_labels`)."""
+    from .training.trainer import build_generator
+    ckpt = load_checkpoint(ckpt_path) if ckpt is None else ckpt
     try:
         cfg = TrainConfig.from_json(ckpt["config"])
-        G = Generator(cfg.resolution, cfg.num_channels, fmap_base=cfg.fmap_base, fmap_decay=cfg.fmap_decay,
-                      fmap_max=cfg.fmap_max, latent_size=cfg.latent_size, fused_scale=cfg.fused_scale,
-                      **cond_kwargs(cfg)[0])
+        G = build_generator(cfg)
         G.load_state_dict(ckpt["step"]["Gs"])
         phase = ckpt["phase"]
         res_log2, alpha = phase["res_log2"], phase["alpha"]

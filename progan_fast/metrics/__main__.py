@@ -84,8 +84,9 @@ def main(argv=None) -> int:
         else:
             from ..generate import load_generator
             from ..training.checkpoint import load_checkpoint
-            G, res_log2, alpha = load_generator(args.ckpt, device)
-            data = args.data or load_checkpoint(args.ckpt)["config"].get("data", "fashion-mnist")
+            ckpt = load_checkpoint(args.ckpt)
+            G, res_log2, alpha = load_generator(args.ckpt, device, ckpt=ckpt)
+            data = args.data or ckpt["config"].get("data", "fashion-mnist")
             out = evaluate(G, data, metrics, num_images=args.num, device=device, seed=args.seed,
                            res_log2=res_log2, alpha=alpha, **kw)
             out["ckpt"] = str(args.ckpt)

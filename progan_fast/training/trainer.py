@@ -29,12 +29,20 @@ from .schedule import Schedule
 from .step import AMP_DTYPES, TrainStep, unwrap
 
 
+def _arch_kwargs(cfg: TrainConfig) -> dict:
+    return dict(fmap_base=cfg.fmap_base, fmap_decay=cfg.fmap_decay, fmap_max=cfg.fmap_max, fused_scale=cfg.fused_scale)
+
+
+def build_generator(cfg: TrainConfig) -> Generator:
+    """G as the run's config defines it (also what generate.py loads a checkpoint's Gs into)."""
+    return Generator(cfg.resolution, cfg.num_channels, latent_size=cfg.latent_size, **_arch_kwargs(cfg),
+                     **cond_kwargs(cfg)[0])
+
+
 def build_models(cfg: TrainConfig):
-    common = dict(fmap_base=cfg.fmap_base, fmap_decay=cfg.fmap_decay, fmap_max=cfg.fmap_max,
-                  fused_scale=cfg.fused_scale)
-    g_cond, d_cond = cond_kwargs(cfg)
-    G = Generator(cfg.resolution, cfg.num_channels, latent_size=cfg.latent_size, **common, **g_cond)
-    D = Discriminator(cfg.resolution, cfg.num_channels, mbstd_group_size=cfg.mbstd_group_size, **common, **d_cond)
+    G = build_generator(cfg)  # G first: the initial weights follow the global RNG in this order
+    D = Discriminator(cfg.resolution, cfg.num_channels, mbstd_group_size=cfg.mbstd_group_size, **_arch_kwargs(cfg),
+                      **cond_kwargs(cfg)[1])
     return G, D
 
 
