@@ -13,6 +13,9 @@ import os
 import numpy as np
 import torch
 
+from ..training.conditional import grid_labels
+from ..utils.devices import pick_device
+from ..utils.images import to_uint8
 from .features import ClassifierFeatures, TorchScriptFeatures
 from .frechet import fid_from_features, inception_score_from_logits
 from .msssim import ms_ssim_pairs
@@ -65,7 +68,7 @@ def _check_counts(metrics, n_fakes: int, n_reals: int) -> None:
 def fake_labels(G, num: int) -> torch.Tensor | None:
     """The classes a conditional G is asked for: balanced, 0, 1, ..., K-1, 0, 1, ... (None if unconditional)."""
     k = getattr(G, "num_classes", 0)
-    return torch.arange(num) % k if k else None
+    return grid_labels(num, k) if k else None
 
 
 @torch.no_grad()
@@ -80,7 +83,7 @@ def generate_uint8(G, num: int, res_log2: int, alpha: float = 1.0, *, seed: int 
     for i in range(0, num, batch):
         extra = () if labels is None else (labels[i:i + batch].to(device),)
         img = G(z[i:i + batch].to(device), res_log2, alpha, *extra).float()
-        out.append((img * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+        out.append(to_uint8(img).cpu())
     return torch.cat(out)
 
 
@@ -131,9 +134,7 @@ def compare(reals: torch.Tensor, fakes: torch.Tensor, metrics=("swd", "msssim", 
     real images with their true labels it is the classifier's accuracy, the baseline).
     """
     metrics = check_metrics(metrics)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = pick_device() if device is None else torch.device(device)
     if reals.shape[1:] != fakes.shape[1:]:
         raise ValueError(f"real images {tuple(reals.shape[1:])} and generated images {tuple(fakes.shape[1:])} differ "
                          f"in channels or resolution")
@@ -184,7 +185,7 @@ def evaluate(G, data, metrics=("swd", "msssim", "fid", "is"), *, num_images: int
     if alpha < 1.0 and res_log2 > 2:  # mid-fade: reals get the same blend the trainer gives them
         from ..ops import reference
         x = reference.fade_reals(reals.float() / 127.5 - 1.0, alpha)
-        reals = (x * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+        reals = to_uint8(x)
     _check_counts(metrics, num_images, reals.shape[0])
     if "class_acc" in metrics and not getattr(G, "num_classes", 0):
         raise ValueError("class_acc needs a class-conditional generator (trained with --cond); this one is "

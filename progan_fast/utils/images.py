@@ -8,10 +8,14 @@ import torch
 from PIL import Image
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 (rounded, clipped), same device and layout."""
+    return (images * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float NCHW -> uint8 NHWC (rounded, clipped)."""
-    x = (images.detach().float().cpu() * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    """[-1, 1] float NCHW -> uint8 NHWC numpy array."""
+    return to_uint8(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
 
 
 def grid(images: np.ndarray, ncols: int | None = None, size: int | None = None) -> np.ndarray:
