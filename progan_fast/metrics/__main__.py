@@ -52,14 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def real_baseline(metrics, num: int, seed: int, device, **kw) -> dict:
     """FashionMNIST t10k test split (as 'fakes') vs a random subset of the 60k train split, at 32 px."""
-    from ..data import MultiResolutionDataset, load_fashion_mnist
+    from .classifier import fashion_mnist_split
     from .evaluate import _subset
-    train = MultiResolutionDataset(load_fashion_mnist("train")[0]).level(32)
-    test_images, test_labels, _ = load_fashion_mnist("test")
-    test = MultiResolutionDataset(test_images).level(32)
+    train, _ = fashion_mnist_split("train")
+    test, test_labels = fashion_mnist_split("test")
     pick = _subset(torch.arange(len(test)), num, seed)  # the same subset of images and labels
     out = compare(_subset(train, num, seed), test[pick], metrics, seed=seed, device=device,
-                  fake_labels=torch.as_tensor(test_labels)[pick], **kw)
+                  fake_labels=test_labels[pick], **kw)
     out["baseline"] = "FashionMNIST test split vs train split"
     return out
 

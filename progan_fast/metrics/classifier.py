@@ -74,6 +74,15 @@ def to_classifier_input(images: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def fashion_mnist_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A FashionMNIST split ('train' or 'test') at the classifier's resolution: uint8 images
+    [N, 1, 32, 32] and int64 labels [N] (training the classifier, the real-vs-real baseline)."""
+    from ..data import MultiResolutionDataset, load_fashion_mnist
+    images, labels, _ = load_fashion_mnist(split)
+    ds = MultiResolutionDataset(images, labels, resolution=CLASSIFIER_RES)
+    return ds.level(CLASSIFIER_RES), ds.labels
+
+
 def load_classifier(path: str | os.PathLike | None = None, device="cpu") -> FMNISTClassifier:
     """The shipped classifier (or one trained with train_classifier --out PATH), in eval mode."""
     path = os.fspath(path or DEFAULT_WEIGHTS)

@@ -16,14 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..data import MultiResolutionDataset, load_fashion_mnist
-from .classifier import CLASSIFIER_RES, DEFAULT_WEIGHTS, FORMAT, FMNISTClassifier, to_classifier_input
-
-
-def _level32(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels, _ = load_fashion_mnist(split)
-    ds = MultiResolutionDataset(images, labels, resolution=CLASSIFIER_RES)
-    return ds.level(CLASSIFIER_RES), ds.labels
+from .classifier import DEFAULT_WEIGHTS, FORMAT, FMNISTClassifier, fashion_mnist_split, to_classifier_input
 
 
 @torch.no_grad()
@@ -40,7 +33,7 @@ def accuracy(model: FMNISTClassifier, images_u8: torch.Tensor, labels: torch.Ten
 
 def train(epochs: int = 5, batch: int = 128, lr: float = 2e-3, seed: int = 0, device="cpu", log=print):
     torch.manual_seed(seed)
-    x_train, y_train = _level32("train")
+    x_train, y_train = fashion_mnist_split("train")
     model = FMNISTClassifier().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(x_train) / batch)
@@ -88,7 +81,7 @@ def main(argv=None) -> int:
         # Evaluate the float16-rounded weights: they are what ships.
         state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        x_test, y_test = _level32("test")
+        x_test, y_test = fashion_mnist_split("test")
         acc = accuracy(model, x_test, y_test)
         torch.save({"format": FORMAT, "version": 1, "state_dict": state, "test_accuracy": acc,
                     "train": {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "seed": args.seed,
