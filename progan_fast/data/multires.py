@@ -23,6 +23,44 @@ def _next_pow2(n: int) -> int:
     return max(MIN_RESOLUTION, 1 << (int(n) - 1).bit_length())
 
 
+def check_resolution(value: int, name: str = "resolution") -> int:
+    """`value` if it is a power of two >= MIN_RESOLUTION, else a ValueError naming `name`."""
+    if value < MIN_RESOLUTION or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= {MIN_RESOLUTION}, got {value}")
+    return value
+
+
+def chunk_rows(channels: int, size: int) -> int:
+    """Images per chunk while building levels: a float32 working set of about _CHUNK_BYTES."""
+    return max(1, _CHUNK_BYTES // (4 * channels * size * size))
+
+
+class LevelStore:
+    """What every dataset of stored levels shares: `_levels` {res: [N, C, res, res] uint8 tensor or
+    tensor-like}, `labels` [N] int64 (-1 and has_labels False without labels)."""
+
+    _levels: dict
+
+    def _set_no_labels(self, n: int) -> None:
+        self.labels = torch.full((n,), -1, dtype=torch.int64)
+        self.has_labels = False
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Stored levels, largest first."""
+        return sorted(self._levels, reverse=True)
+
+    def level(self, res: int):
+        """uint8 [N, C, res, res] (the stored level, not a copy: do not modify it)."""
+        try:
+            return self._levels[int(res)]
+        except KeyError:
+            raise ValueError(f"no level {res} px; this dataset has {self.resolutions}") from None
+
+
 def _as_uint8_nhwc(images) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
@@ -83,7 +121,7 @@ def box_levels(images_nhwc: torch.Tensor, keep_max: int | None = None) -> dict[i
     return out
 
 
-class MultiResolutionDataset:
+class MultiResolutionDataset(LevelStore):
     """uint8 levels [N, C, r, r] for r = resolution, resolution/2, ..., 4, plus labels.
 
     images_uint8_nhwc: uint8 [N, H, W, C] (numpy or torch; [N, H, W] means C = 1), square.
@@ -100,9 +138,7 @@ class MultiResolutionDataset:
         full = _next_pow2(images.shape[1])
         if resolution is None:
             resolution = full
-        resolution = int(resolution)
-        if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
-            raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION}, got {resolution}")
+        resolution = check_resolution(int(resolution))
         if resolution > full:
             raise ValueError(f"resolution {resolution} exceeds the images ({images.shape[1]} px, padded to "
                              f"{full}); images are never upsampled")
@@ -111,8 +147,7 @@ class MultiResolutionDataset:
         self.num_channels = int(images.shape[3])
         self._levels = self._build_levels(images, full, resolution)
         if labels is None:
-            self.labels = torch.full((n,), -1, dtype=torch.int64)
-            self.has_labels = False
+            self._set_no_labels(n)
         else:
             labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
             if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -125,26 +160,11 @@ class MultiResolutionDataset:
         n, _, _, c = images_nhwc.shape
         sizes = level_sizes(full, keep_max)
         levels = {r: torch.empty((n, c, r, r), dtype=torch.uint8) for r in sizes}
-        chunk = max(1, _CHUNK_BYTES // (4 * c * full * full))
+        chunk = chunk_rows(c, full)
         for start in range(0, n, chunk):
             for r, x in box_levels(images_nhwc[start:start + chunk], keep_max).items():
                 levels[r][start:start + x.shape[0]] = x
         return levels
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def resolutions(self) -> list[int]:
-        """Stored levels, largest first."""
-        return sorted(self._levels, reverse=True)
-
-    def level(self, res: int) -> torch.Tensor:
-        """uint8 [N, C, res, res] (a view of the stored level; do not modify it)."""
-        try:
-            return self._levels[int(res)]
-        except KeyError:
-            raise ValueError(f"no level {res} px; this dataset has {self.resolutions}") from None
 
     def __repr__(self) -> str:
         return (f"MultiResolutionDataset(n={len(self)}, channels={self.num_channels}, "

@@ -32,6 +32,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _IDX_IMAGES = re.compile(r"^(?P<prefix>.*)images[-.]idx3-ubyte(\.gz)?$")
 _GRAY_MODES = {"1", "L", "LA"}
 _COLOR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA", "LAB", "HSV"}
+
+
+def mode_channels(mode: str, where) -> int:
+    """Channels an image of PIL mode `mode` is stored with: 3 for colour, 1 for grayscale; other
+    modes (16-bit, float) are refused with a message naming `where`."""
+    if mode in _COLOR_MODES:
+        return 3
+    if mode in _GRAY_MODES:
+        return 1
+    raise ValueError(f"{where}: unsupported image mode {mode} (16-bit or float?); convert to 8-bit grayscale "
+                     f"or RGB first")
 _SUPPORTED = ("a dataset directory made by `python -m progan_fast.dataset create`, a .npy/.npz file with "
               "uint8 images, an MNIST/FashionMNIST IDX folder, or a folder of PNG/JPEG images")
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
@@ -252,11 +263,7 @@ def _load_folder(folder: str):
             elif w != size:
                 raise ValueError(f"{f}: image is {w}x{h} but {first} is {size}x{size}; "
                                  f"all images must have one size (resize them first)")
-            if img.mode in _COLOR_MODES:
-                channels = 3
-            elif img.mode not in _GRAY_MODES:
-                raise ValueError(f"{f}: unsupported image mode {img.mode} (16-bit or float?); "
-                                 f"convert to 8-bit grayscale or RGB first")
+            channels = max(channels, mode_channels(img.mode, f))
     # Pass 2: decode straight into one preallocated array.
     images = np.empty((len(files), size, size, channels), dtype=np.uint8)
     for i, f in enumerate(files):

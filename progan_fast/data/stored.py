@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .multires import LevelStore, check_resolution
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "StoredDataset", "EncodedLevel", "is_dataset_dir",
            "read_manifest", "decode_encoded"]
 
@@ -117,8 +119,9 @@ class EncodedLevel:
         raise TypeError(f"EncodedLevel supports an int or a slice, got {type(key).__name__}")
 
 
-class StoredDataset:
-    """A dataset directory opened for training; the interface of MultiResolutionDataset.
+class StoredDataset(LevelStore):
+    """A dataset directory opened for training; the interface of MultiResolutionDataset. A level is a
+    memory-mapped tensor (raw) or an EncodedLevel (JPEG/PNG, decoded on indexing).
 
     resolution: the largest level to use (default: the dataset's); larger than the dataset's is an error.
     """
@@ -133,8 +136,7 @@ class StoredDataset:
         if resolution > top:
             raise ValueError(f"--resolution {resolution} exceeds the dataset's resolution {top} ({self.path}); "
                              f"use --resolution {top} or recreate the dataset with --resolution {resolution}")
-        if resolution < 4 or resolution & (resolution - 1):
-            raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+        check_resolution(resolution)
         self.resolution = resolution
         self.num_channels = int(m["channels"])
         self.source_size = int(m.get("source_size", top))
@@ -151,8 +153,7 @@ class StoredDataset:
             self.labels = torch.from_numpy(self._load(m["labels"]["file"], (n,), np.int64, mmap=False).copy())
             self.has_labels = True
         else:
-            self.labels = torch.full((n,), -1, dtype=torch.int64)
-            self.has_labels = False
+            self._set_no_labels(n)
 
     def _load(self, name, shape, dtype, mmap=True):
         f = os.path.join(self.path, name)
@@ -178,20 +179,6 @@ class StoredDataset:
             raise ValueError(f"{f}: {size} bytes, the offsets say {int(offsets[-1])}; the dataset is damaged")
         blob = np.memmap(f, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
         return EncodedLevel(blob, offsets, c, r, info["storage"])
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def resolutions(self) -> list[int]:
-        return sorted(self._levels, reverse=True)
-
-    def level(self, res: int):
-        """uint8 [N, C, res, res]: a memory-mapped tensor (raw) or an EncodedLevel (JPEG/PNG)."""
-        try:
-            return self._levels[int(res)]
-        except KeyError:
-            raise ValueError(f"no level {res} px; this dataset has {self.resolutions}") from None
 
     def description(self) -> str:
         m = self.manifest

@@ -23,14 +23,13 @@ import torch
 
 from .. import __version__
 from . import sources
-from .multires import MIN_RESOLUTION, _next_pow2, box_levels, level_sizes
+from .multires import _next_pow2, box_levels, check_resolution, chunk_rows, level_sizes
 from .stored import FORMAT, FORMAT_VERSION, MANIFEST, is_dataset_dir, level_name, read_manifest
 
 __all__ = ["create_dataset", "dataset_info", "verify_dataset", "RESIZE_FILTERS", "CODECS"]
 
 CODECS = ("jpeg", "png", "raw")
 RESIZE_FILTERS = ("lanczos", "bicubic", "bilinear", "box", "nearest")
-_CHUNK_BYTES = 256 << 20
 
 
 class _Bad(Exception):
@@ -275,8 +274,8 @@ def create_dataset(source, out, *, resolution: int | None = None, labels: str | 
     if not 1 <= quality <= 100:
         raise ValueError(f"--quality must be in 1..100, got {quality}")
     for name, v in (("--resolution", resolution), ("--encode-from", encode_from)):
-        if v is not None and (v < MIN_RESOLUTION or v & (v - 1)):
-            raise ValueError(f"{name} must be a power of two >= {MIN_RESOLUTION}, got {v}")
+        if v is not None:
+            check_resolution(v, name)
     if resize is not None and resolution is None:
         raise ValueError("--resize needs --resolution (the size to resize every image to)")
     if os.path.exists(out):
@@ -308,11 +307,7 @@ def create_dataset(source, out, *, resolution: int | None = None, labels: str | 
             bad(str(h))
             continue
         w, hh, mode = h
-        if mode in sources._COLOR_MODES:
-            channels = 3
-        elif mode not in sources._GRAY_MODES:
-            raise ValueError(f"{src.where(i)}: unsupported image mode {mode} (16-bit or float?); convert to 8-bit "
-                             f"grayscale or RGB first")
+        channels = max(channels, sources.mode_channels(mode, src.where(i)))
         if w != hh and crop == "none":
             raise ValueError(f"{src.where(i)}: image is {w}x{hh}; pass --crop center to crop it square")
         size = min(w, hh)
@@ -384,7 +379,7 @@ def _write(src, tmp, good, skipped, bad, channels, padded, resolution, source_la
                                                dtype=np.uint8, shape=(cand, channels, r, r))
     kept_labels = []
     n = 0
-    chunk = max(1, _CHUNK_BYTES // (4 * channels * padded * padded))
+    chunk = chunk_rows(channels, padded)
 
     def load(i):
         try:
