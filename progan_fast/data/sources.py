@@ -43,6 +43,8 @@ def mode_channels(mode: str, where) -> int:
         return 1
     raise ValueError(f"{where}: unsupported image mode {mode} (16-bit or float?); convert to 8-bit grayscale "
                      f"or RGB first")
+
+
 _SUPPORTED = ("a dataset directory made by `python -m progan_fast.dataset create`, a .npy/.npz file with "
               "uint8 images, an MNIST/FashionMNIST IDX folder, or a folder of PNG/JPEG images")
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
@@ -57,7 +59,7 @@ def load_dataset(data: str | os.PathLike, resolution: int | None = None):
     data's is an error; smaller keeps the levels at and below it.
     """
     from .fashion_mnist import load_fashion_mnist
-    from .multires import MultiResolutionDataset
+    from .multires import MultiResolutionDataset, _next_pow2
     from .stored import StoredDataset, is_dataset_dir
     if str(data) in FASHION_MNIST_NAMES and not os.path.exists(data):
         images, labels, desc = load_fashion_mnist("auto")
@@ -66,11 +68,11 @@ def load_dataset(data: str | os.PathLike, resolution: int | None = None):
         return ds, ds.description()
     else:
         images, labels, desc = load_images(data)
-    dataset = MultiResolutionDataset(images, labels)
-    if resolution is not None and resolution > dataset.resolution:
-        raise ValueError(f"--resolution {resolution} exceeds the dataset's resolution {dataset.resolution}; "
-                         f"use --resolution {dataset.resolution} or a larger dataset")
-    return dataset, desc
+    full = _next_pow2(np.shape(images)[1])  # the dataset's resolution: images padded to a power of two
+    if resolution is not None and resolution > full:
+        raise ValueError(f"--resolution {resolution} exceeds the dataset's resolution {full}; "
+                         f"use --resolution {full} or a larger dataset")
+    return MultiResolutionDataset(images, labels, resolution), desc  # levels above `resolution` never built
 
 
 def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, str]:
