@@ -33,7 +33,7 @@ import torch
 from .training.checkpoint import load_checkpoint
 from .training.config import TrainConfig
 from .utils.devices import pick_device
-from .utils.images import grid, save_png, to_uint8_nhwc
+from .utils.images import grid, save_png, to_uint8_nhwc, zoom
 
 EPILOG = """examples:
   python -m progan_fast.generate --ckpt runs/00000-fashion-mnist-32 --n 1000 --out samples.npz
@@ -152,7 +152,8 @@ def mean_latent(G, *, labels: torch.Tensor | None = None, label_embedding: torch
     if not G.num_classes:
         return G.latent(z).mean(0, keepdim=True)
     emb = G.embed(labels.to(device)) if label_embedding is None else label_embedding.to(device)
-    return torch.stack([G.latent(z, label_embedding=e.expand(samples, -1)).mean(0) for e in emb])
+    rows, index = torch.unique(emb, dim=0, return_inverse=True)  # each distinct embedding once (interp frames repeat)
+    return torch.stack([G.latent(z, label_embedding=e.expand(samples, -1)).mean(0) for e in rows])[index]
 
 
 # -- generation ------------------------------------------------------------------------------------------
@@ -182,13 +183,6 @@ def synthesize(G, z: torch.Tensor, res_log2: int, alpha, *, labels=None, label_e
             w = torch.lerp(mean, w, psi)
         out.append(to_uint8_nhwc(G.synthesize(w, res_log2, alpha)))
     return np.concatenate(out)
-
-
-def generate(G, n: int, res_log2: int, alpha: float, *, seed: int = 0, batch: int = 64, device="cpu"):
-    """(uint8 images [n, H, W, C], latents [n, L]) from one generator seeded `seed`; a conditional G
-    gets uniform labels drawn after the latents (stream_latents)."""
-    z, labels = stream_latents(G.latent_size, n, seed, num_classes=G.num_classes)
-    return synthesize(G, z, res_log2, alpha, labels=labels, batch=batch, device=device), z.numpy()
 
 
 # -- interpolation ---------------------------------------------------------------------------------------
@@ -231,10 +225,6 @@ def save_gif(frames: np.ndarray, path, fps: float = 12.0) -> None:
     from PIL import Image
     imgs = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(round(1000 / fps)), loop=0)
-
-
-def zoom(images: np.ndarray, factor: int) -> np.ndarray:
-    return images if factor <= 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
 
 
 # -- command line ----------------------------------------------------------------------------------------

@@ -424,9 +424,8 @@ def _write(src, tmp, good, skipped, bad, channels, padded, resolution, source_la
         raise ValueError(f"no readable images ({len(skipped)} unreadable; first: {skipped[0]})")
 
     levels_info = {}
-    for r, mm in raw.items():
-        mm.flush()
-        del mm
+    for r in list(raw):
+        raw.pop(r).flush()  # the memmap is released before its file is shrunk
         path = os.path.join(tmp, level_name(r) + ".npy")
         if n < cand:
             _shrink_npy(path, n, (channels, r, r))

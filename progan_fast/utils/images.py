@@ -18,13 +18,16 @@ def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
 
 
+def zoom(images: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 NHWC, each pixel repeated `factor` times along H and W (nearest upscaling)."""
+    return images if factor <= 1 else images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
 def grid(images: np.ndarray, ncols: int | None = None, size: int | None = None) -> np.ndarray:
     """uint8 NHWC -> one uint8 HWC mosaic; images are nearest-upscaled to `size` if given."""
+    if size:
+        images = zoom(images, size // images.shape[1])
     n, h, w, c = images.shape
-    if size and size != h:
-        f = size // h
-        images = images.repeat(f, axis=1).repeat(f, axis=2)
-        n, h, w, c = images.shape
     ncols = ncols or int(math.ceil(math.sqrt(n)))
     nrows = int(math.ceil(n / ncols))
     out = np.zeros((nrows * h, ncols * w, c), dtype=np.uint8)
