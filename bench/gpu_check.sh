@@ -5,19 +5,20 @@
 #
 # Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
 # test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers / data + train step
-# (quick mode, one pytest-benchmark JSON each) -> conv layer timings, trainer smoke runs (eager and
+# (quick mode, one pytest-benchmark JSON each) -> step profile -> conv layer timings, trainer smoke runs (eager and
 # --cuda-graph) -> bench/report.py (results.json, results.md, compare against bench/results/) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
 # so the whole script ends inside 8 minutes); a stage that runs out gets SIGINT first (pytest then still
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
 # Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
 #
-# $OUT receives at most 7 files: check.log (every stage's full output), bench_ops.json, bench_host.json,
-# bench_layers.json, bench_step.json (pytest-benchmark), results.json, results.md.
+# $OUT receives at most 9 files: check.log (every stage's full output), bench_ops.json, bench_host.json,
+# bench_layers.json, bench_step.json (pytest-benchmark), profile_step.md/.json (bench/profile_step.py),
+# results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=55 T_BENCH_HOST=20
-# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
+# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_PROFILE_STEP=50 T_CONV_LAYERS=50 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -142,6 +143,10 @@ stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py 
 
 # ---------------------------------------------------------------------------------- extras
 if [[ $HAS_GPU == 1 ]]; then
+  # why the step takes what it takes: device-busy vs wall time, launches, kernel families, top kernels
+  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-50}" "$PY" -m bench.profile_step --res 64 4 \
+    --variant eager_fp32 eager_amp fast triton_amp cuda_amp fast_graph --steps 3 --rows 12 \
+    --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
   TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
     $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
