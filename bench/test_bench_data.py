@@ -36,12 +36,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("data_res", list(s.step_resolutions), ids=[f"r{r}" for r in s.step_resolutions])
 
 
+def _dali_installed() -> bool:
+    """find_spec("nvidia.dali") imports the `nvidia` namespace first and raises where no nvidia
+    package is installed at all (a CPU build of torch)."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ImportError:
+        return False
+
+
 @pytest.mark.parametrize("storage", STORAGE)
 @pytest.mark.parametrize("loader", LOADERS)
 def test_batch_stream(benchmark, data_res, settings, loader, storage, tmp_path):
     if _IMPORT_ERROR is not None:
         pytest.skip(f"progan_fast.data not available: {_IMPORT_ERROR}")
-    if loader != "torch" and importlib.util.find_spec("nvidia.dali") is None:
+    if loader != "torch" and not _dali_installed():
         pytest.skip("NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
     if loader == "dali_gpu" and not torch.cuda.is_available():
         pytest.skip("dali_gpu needs CUDA")

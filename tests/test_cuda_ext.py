@@ -128,6 +128,7 @@ def test_no_gpu_is_quiet(monkeypatch):
 
 
 def test_backend_registry_records_failure_without_a_second_warning(monkeypatch):
+    monkeypatch.delenv("PROGAN_FAST_DISABLE_CUDA", raising=False)
     monkeypatch.setitem(_backend._load_state, "cuda", None)
     monkeypatch.delitem(_backend._load_errors, "cuda", raising=False)
     monkeypatch.delitem(sys.modules, "progan_fast._cuda_backend", raising=False)
