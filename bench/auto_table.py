@@ -2,17 +2,23 @@
 
   python -m bench.auto_table RESULTS.json [--write] [--table progan_fast/ops/auto_backends.json]
 
-For each op (the fused ops, and `eq_conv2d` from every conv-layer case) the rule compares the
-forward+backward cases of each runtime backend (triton, cuda) with the eager reference measured
-in the same run:
+For each op (the fused ops; for `eq_conv2d` each conv-layer kind of the bench on its own: to_rgb,
+g_conv, d_down, ...) the rule compares the forward+backward cases of each runtime backend (triton,
+cuda) with the eager reference measured in the same run:
 
-- cost = sum over the measured cases of median_ms / batch: time per training image, because
-  every resolution of PGGAN's schedule trains on the same number of images;
-- a backend qualifies if it was measured wherever the reference was, is never more than
-  `--tolerance` (5 %) slower than the reference in any one case, and costs at least `--margin`
-  (5 %) less in total;
-- the preference order is the qualifying backends, cheapest first, then "ref" (always the last
-  fallback). Nothing qualifies: ("ref",).
+- cost = sum of median_ms / batch over a set of cases: time per training image, because every
+  resolution of PGGAN's schedule trains on the same number of images;
+- size threshold: the cases are ordered by the element count of their main input (numel). For each
+  measured numel N, smallest first, the backend is tried on the cases with numel >= N: it qualifies
+  there if it was measured at each of them, is never more than `--tolerance` (5 %) slower than the
+  reference at any one, and costs at least `--margin` (5 %) less in total. The smallest N that
+  qualifies is the threshold (none: the backend is left out). Fused kernels win where the device
+  does the work and lose on small tensors, where a launch costs more host time than the reference's
+  aten calls; one threshold per op captures that. A backend that qualifies from the smallest size
+  on gets a plain entry ("triton"), as before; otherwise a conditional one
+  ({"backend": "triton", "min_numel": N}, plus "layer" for eq_conv2d);
+- the preference list is the qualifying entries, the cheapest relative to the reference first, then
+  "ref" (always the last fallback). Nothing qualifies: ["ref"].
 
 Without --write it prints the table; with it, it replaces the entry of the results' GPU
 architecture (sm_XY from env.device_capability) in the table file, recording the source file,
@@ -41,53 +47,114 @@ def _arch(env: dict) -> str:
     return f"sm_{major}{minor}"
 
 
-def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05) -> dict:
-    """{op: {"order": [...], "cost_us_per_img": {backend: cost}, "why": str}} from one results document."""
-    # (op) -> backend -> {case key: per-image ms}
-    per_op: dict[str, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+# bench layer names whose calls the runtime classifies as another kind (ops._backend.conv_layer_kind)
+LAYER_ALIASES = {"d_mbstd_conv": "d_conv"}
+
+
+def _numel(case: dict) -> int | None:
+    """Elements of the case's main input: the first op input, or the conv layer's x."""
+    shape = case.get("x_shape")
+    if shape is None and isinstance(case.get("shape"), dict) and case["shape"]:
+        shape = next(iter(case["shape"].values()))
+    if not shape:
+        return None
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _group_cases(results: dict) -> dict:
+    """{(op, layer): {backend: {(layer name, res): (numel, per-image ms)}}} of the fwdbwd op/layer cases."""
+    groups: dict = defaultdict(lambda: defaultdict(dict))
     for c in results.get("cases", []):
         if c.get("kind") not in ("op", "layer") or c.get("mode") != "fwdbwd" or not c.get("median_ms"):
             continue
         backend = c.get("backend")
         if backend not in ("ref",) + RUNTIME_BACKENDS:
             continue
-        key = (c.get("layer"), c.get("res"))
-        per_op[c["op"]][backend][key] = c["median_ms"] / max(1, c.get("batch") or 1)
-    table = {}
-    for op, by_backend in sorted(per_op.items()):
+        layer = c.get("layer")
+        kind = LAYER_ALIASES.get(layer, layer) if c["op"] == "eq_conv2d" else None
+        groups[(c["op"], kind)][backend][(layer, c.get("res"))] = (_numel(c), c["median_ms"] / max(1, c.get("batch") or 1))
+    return groups
+
+
+def _threshold(ref: dict, cases: dict, tolerance: float, margin: float):
+    """(min_numel, cost ratio, note) for the smallest qualifying size threshold, or (None, None, why not)."""
+    if set(ref) - set(cases):
+        return None, None, "not measured at every reference case"
+    everywhere = None  # why the backend does not qualify at every size
+    for size in sorted({n or 0 for n, _ in ref.values()}):
+        keys = [k for k, (n, _) in ref.items() if (n or 0) >= size]
+        ref_cost = sum(ref[k][1] for k in keys)
+        cost = sum(cases[k][1] for k in keys)
+        worst_key = max(keys, key=lambda k: cases[k][1] / ref[k][1])
+        worst = cases[worst_key][1] / ref[worst_key][1]
+        if worst > 1.0 + tolerance:
+            reason = f"{worst:.2f}x the reference's time at {_key_name(worst_key)}"
+        elif cost > (1.0 - margin) * ref_cost:
+            reason = f"{ref_cost / cost:.2f}x the reference overall (needs {1 / (1 - margin):.2f}x)"
+        elif everywhere is None:
+            return 0, cost / ref_cost, f"{ref_cost / cost:.2f}x the reference overall, never slower"
+        else:
+            return size, cost / ref_cost, (f"{ref_cost / cost:.2f}x the reference at >= {size} elements "
+                                           f"({_scope(keys)}), never slower there; everywhere: {everywhere}")
+        everywhere = everywhere or reason
+    return None, None, everywhere
+
+
+def _scope(keys) -> str:
+    return ", ".join(_key_name(k) for k in sorted(keys, key=lambda k: (k[1] or 0, k[0] or "")))
+
+
+def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05) -> dict:
+    """{op: {"order": [...], "cost_us_per_img": {group: {backend: cost}}, "why": str}} from one results
+    document. An order entry is a backend name or {"backend", "min_numel"[, "layer"]}."""
+    table: dict = {}
+    for (op, layer), by_backend in sorted(_group_cases(results).items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         ref = by_backend.get("ref")
         if not ref:
             continue
-        ref_cost = sum(ref.values())
-        costs = {"ref": ref_cost * 1e3}
-        qualified, notes = [], []
+        entry = table.setdefault(op, {"choices": [], "cost_us_per_img": {}, "why": []})
+        group = layer or op
+        costs = {"ref": round(sum(v for _, v in ref.values()) * 1e3, 4)}
         for backend in RUNTIME_BACKENDS:
             cases = by_backend.get(backend)
             if not cases:
                 continue
-            if set(ref) - set(cases):
-                notes.append(f"{backend}: not measured at every reference case")
+            if not set(ref) - set(cases):
+                costs[backend] = round(sum(cases[k][1] for k in ref) * 1e3, 4)
+            min_numel, ratio, note = _threshold(ref, cases, tolerance, margin)
+            entry["why"].append(f"{group + ': ' if layer else ''}{backend}: {note}")
+            if min_numel is None:
                 continue
-            cost = sum(cases[k] for k in ref)
-            costs[backend] = cost * 1e3
-            worst_key = max(ref, key=lambda k: cases[k] / ref[k])
-            worst = cases[worst_key] / ref[worst_key]
-            if worst > 1.0 + tolerance:
-                notes.append(f"{backend}: {worst:.2f}x the reference's time at {_key_name(worst_key)}")
-            elif cost > (1.0 - margin) * ref_cost:
-                notes.append(f"{backend}: {ref_cost / cost:.2f}x the reference overall (needs {1 / (1 - margin):.2f}x)")
+            if layer is None and min_numel == 0:
+                choice = backend
             else:
-                qualified.append((cost, backend))
-                notes.append(f"{backend}: {ref_cost / cost:.2f}x the reference overall, never slower")
-        order = [b for _, b in sorted(qualified)] + ["ref"]
-        table[op] = {"order": order, "cost_us_per_img": {k: round(v, 4) for k, v in costs.items()},
-                     "why": "; ".join(notes) or "no other backend measured"}
+                choice = {"backend": backend, "min_numel": min_numel}
+                if layer is not None:
+                    choice["layer"] = layer
+            entry["choices"].append((ratio, choice))
+        entry["cost_us_per_img"][group] = costs
+    for op, entry in table.items():
+        entry["order"] = [c for _, c in sorted(entry.pop("choices"), key=lambda rc: rc[0])] + ["ref"]
+        if list(entry["cost_us_per_img"]) == [op]:
+            entry["cost_us_per_img"] = entry["cost_us_per_img"][op]
+        entry["why"] = "; ".join(entry["why"]) or "no other backend measured"
     return table
 
 
 def _key_name(key) -> str:
     layer, res = key
     return f"{layer + ' ' if layer else ''}r{res}"
+
+
+def format_choice(choice) -> str:
+    if isinstance(choice, str):
+        return choice
+    parts = ([choice["layer"]] if choice.get("layer") else []) + (
+        [f">={choice['min_numel'] / 1e6:.3g}M"] if choice.get("min_numel") else [])
+    return f"{choice['backend']}({', '.join(parts)})"
 
 
 def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PATH,
@@ -106,8 +173,9 @@ def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PAT
         "source": source,
         "device": env.get("device"), "torch": env.get("torch"), "triton": env.get("triton"),
         "git_commit": env.get("git_commit"), "date": env.get("date"),
-        "rule": f"fwdbwd time per image summed over the measured resolutions; never > {tolerance:.0%} slower "
-                f"than ref in any case, >= {margin:.0%} cheaper overall",
+        "rule": f"fwdbwd time per image summed over the measured cases with numel >= the smallest qualifying "
+                f"threshold (per eq_conv2d layer kind); never > {tolerance:.0%} slower than ref in any of them, "
+                f">= {margin:.0%} cheaper in total",
         "ops": {op: entry["order"] for op, entry in derived.items()},
         "evidence": {op: {"cost_us_per_img": entry["cost_us_per_img"], "why": entry["why"]}
                      for op, entry in derived.items()},
@@ -138,8 +206,8 @@ def main(argv=None) -> int:
         arch = f"(unknown: {exc})"
     print(f"auto table for {arch} from {args.results}:")
     for op, entry in derived.items():
-        costs = ", ".join(f"{b} {c:.3f}" for b, c in entry["cost_us_per_img"].items())
-        print(f"  {op:22s} {' > '.join(entry['order']):22s} [us/img: {costs}]  {entry['why']}")
+        order = " > ".join(format_choice(c) for c in entry["order"])
+        print(f"  {op:22s} {order:22s}  {entry['why']}")
     if args.write:
         source = os.path.relpath(os.path.abspath(args.results), REPO)
         arch = write(results, derived, source.replace(os.sep, "/"), args.table, args.tolerance, args.margin)

@@ -45,11 +45,46 @@ def test_margin_and_per_image_weighting():
     assert abs(entry["cost_us_per_img"]["ref"] - (1 / 128 + 1 / 8) * 1e3) < 1e-3
 
 
-def test_conv_layers_count_as_eq_conv2d():
+def test_conv_layer_kinds_are_judged_one_by_one():
     res = _results([_case("eq_conv2d", "ref", 8, 1.0, layer="g_conv"), _case("eq_conv2d", "ref", 8, 1.0, layer="d_down"),
-                    _case("eq_conv2d", "triton", 8, 0.5, layer="g_conv"), _case("eq_conv2d", "triton", 8, 1.5, layer="d_down")])
+                    _case("eq_conv2d", "triton", 8, 0.5, layer="g_conv"), _case("eq_conv2d", "triton", 8, 1.5, layer="d_down"),
+                    _case("eq_conv2d", "ref", 4, 1.0, layer="d_mbstd_conv"),  # runs as a d_conv layer
+                    _case("eq_conv2d", "triton", 4, 0.5, layer="d_mbstd_conv")])
     entry = derive(res)["eq_conv2d"]
-    assert entry["order"] == ["ref"] and "d_down r8" in entry["why"]
+    assert entry["order"] == [{"backend": "triton", "min_numel": 0, "layer": "d_conv"},
+                              {"backend": "triton", "min_numel": 0, "layer": "g_conv"}, "ref"]
+    assert "d_down: triton: 1.50x the reference's time at d_down r8" in entry["why"]
+
+
+def _sized(op, backend, res, ms, numel, **kw):
+    c = _case(op, backend, res, ms, **kw)
+    c["shape"] = {"x": [numel, 1, 1, 1]}
+    return c
+
+
+def test_a_backend_that_wins_only_on_large_tensors_gets_a_size_threshold():
+    res = _results([_sized("pixel_norm", "ref", 8, 1.0, 1000), _sized("pixel_norm", "triton", 8, 2.0, 1000),
+                    _sized("pixel_norm", "ref", 64, 4.0, 5000), _sized("pixel_norm", "triton", 64, 3.9, 5000),
+                    _sized("pixel_norm", "ref", 128, 4.0, 9000), _sized("pixel_norm", "triton", 128, 2.0, 9000)])
+    entry = derive(res)["pixel_norm"]
+    # >= 5000: 8.0 vs 5.9 in total and never slower; >= 1000 fails (2x slower at r8)
+    assert entry["order"] == [{"backend": "triton", "min_numel": 5000}, "ref"]
+    assert "at >= 5000 elements (r64, r128)" in entry["why"] and "2.00x the reference's time at r8" in entry["why"]
+    # slower than the tolerance at the largest size: no threshold qualifies
+    res["cases"][-1]["median_ms"] = 4.3
+    assert derive(res)["pixel_norm"]["order"] == ["ref"]
+
+
+def test_conditional_entries_load_and_match_at_run_time(tmp_path):
+    from progan_fast.ops import _backend
+    res = _results([_sized("pixel_norm", "ref", 8, 1.0, 1000), _sized("pixel_norm", "triton", 8, 2.0, 1000),
+                    _sized("pixel_norm", "ref", 128, 4.0, 9000), _sized("pixel_norm", "triton", 128, 2.0, 9000),
+                    _case("eq_conv2d", "ref", 8, 1.0, layer="g_conv"), _case("eq_conv2d", "triton", 8, 0.5, layer="g_conv")])
+    table = tmp_path / "auto.json"
+    write(res, derive(res), "bench/results/x.json", str(table))
+    loaded = _backend._load_auto_table(str(table))["sm_90"]
+    assert loaded["pixel_norm"] == (_backend.Choice("triton", 9000), "ref")
+    assert loaded["eq_conv2d"] == (_backend.Choice("triton", 0, "g_conv"), "ref")
 
 
 def test_write_replaces_only_its_architecture(tmp_path):

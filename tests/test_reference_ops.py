@@ -163,11 +163,19 @@ def test_auto_table_is_well_formed():
         doc = json.load(f)
     public = {"bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals",
               "lerp", "downsample2x", "eq_conv2d"}
+    layers = {"to_rgb", "from_rgb", "g_up", "g_up_fused", "g_conv", "d_conv", "d_down", "d_down_fused", "d_dense4"}
     for arch, entry in doc["archs"].items():
         assert arch.startswith("sm_") and entry["source"] and entry["rule"]
         for op, order in entry["ops"].items():
-            assert op in public and order[-1] == "ref" and set(order) <= set(_backend.BACKENDS), (arch, op, order)
-    assert _backend.AUTO_TABLE == {a: {o: tuple(v) for o, v in e["ops"].items()} for a, e in doc["archs"].items()}
+            assert op in public and order[-1] == "ref", (arch, op, order)
+            for item in order:
+                if isinstance(item, dict):  # a conditional choice: a size threshold, a conv layer kind
+                    assert set(item) <= {"backend", "min_numel", "layer"} and item["min_numel"] >= 0, item
+                    assert item.get("layer") in layers | {None} and (op == "eq_conv2d") == ("layer" in item), item
+                    item = item["backend"]
+                assert item in _backend.BACKENDS, (arch, op, order)
+    assert _backend.AUTO_TABLE == {a: {o: tuple(_backend._entry(i) for i in v) for o, v in e["ops"].items()}
+                                   for a, e in doc["archs"].items()}
 
 
 def test_auto_picks_per_gpu_architecture(monkeypatch):
@@ -182,6 +190,42 @@ def test_auto_picks_per_gpu_architecture(monkeypatch):
     assert _backend.resolve("lerp", "auto", torch.device("cuda", 0)) is _backend._registry["ref"]["lerp"]
     assert _backend.resolve("fade_reals", "auto", torch.device("cpu")) is _backend._registry["ref"]["fade_reals"]
     assert _backend.auto_order("fade_reals", "cpu") == ("ref",)
+
+
+def test_auto_conditional_choices_need_the_size_and_the_layer(monkeypatch):
+    from progan_fast.ops import _backend
+    fake = lambda *a, **k: None  # noqa: E731
+    for op in ("pixel_norm", "eq_conv2d"):
+        monkeypatch.setitem(_backend._registry["triton"], op, fake)
+    monkeypatch.setitem(_backend._load_state, "triton", True)
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {
+        "pixel_norm": (_backend.Choice("triton", 1000), "ref"),
+        "eq_conv2d": (_backend.Choice("triton", 0, "g_conv"), _backend.Choice("triton", 500, "g_up"), "ref")}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
+    gpu = torch.device("cuda", 0)
+    ref = _backend._registry["ref"]
+    assert _backend.resolve("pixel_norm", "auto", gpu, 999) is ref["pixel_norm"]
+    assert _backend.resolve("pixel_norm", "auto", gpu, 1000) is fake
+    assert _backend.resolve("pixel_norm", "auto", gpu) is ref["pixel_norm"]  # size unknown: no conditional choice
+    assert _backend.resolve("pixel_norm", "ref", gpu, 10**9) is ref["pixel_norm"]  # explicit impl wins
+    assert _backend.resolve("eq_conv2d", "auto", gpu, 1, "g_conv") is fake
+    assert _backend.resolve("eq_conv2d", "auto", gpu, 10**9, "d_conv") is ref["eq_conv2d"]
+    assert _backend.resolve("eq_conv2d", "auto", gpu, 499, "g_up") is ref["eq_conv2d"]
+    assert _backend.resolve("eq_conv2d", "auto", gpu, 500, "g_up") is fake
+    assert _backend.auto_order("eq_conv2d", gpu, 500, "g_up") == ("triton", "ref")
+    assert ops.describe(gpu) == "ref (eq_conv2d: triton at g_conv layers, triton at g_up layers, >= 0.0005M elements; " \
+        "pixel_norm: triton at >= 0.001M elements)"
+
+
+@pytest.mark.parametrize("k, up, down, pn, act, fused, kind", [
+    (1, False, False, False, "linear", False, "to_rgb"), (1, False, False, False, "lrelu", False, "from_rgb"),
+    (3, True, False, True, "lrelu", False, "g_up"), (3, True, False, True, "lrelu", True, "g_up_fused"),
+    (3, False, False, True, "lrelu", False, "g_conv"), (3, False, False, False, "lrelu", False, "d_conv"),
+    (3, False, True, False, "lrelu", False, "d_down"), (4, False, False, False, "lrelu", False, "d_dense4"),
+    (5, False, False, False, "lrelu", False, None)])
+def test_conv_layer_kind_names_the_bench_layers(k, up, down, pn, act, fused, kind):
+    from progan_fast.ops import _backend
+    assert _backend.conv_layer_kind(k, up, down, pn, act, fused) == kind
 
 
 def test_unreadable_auto_table_means_reference(tmp_path):

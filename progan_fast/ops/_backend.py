@@ -2,8 +2,14 @@
 
 Backends register per-op callables here. `impl="auto"` (the default everywhere) resolves, per call,
 to the first backend in the op's measured preference list for the GPU's architecture
-(auto_backends.json, see AUTO_TABLE below) that implements the op; ref on CPU. A global default can be set
-with `set_backend` or, scoped, with the `use_backend` context manager.
+(auto_backends.json, see AUTO_TABLE below) that implements the op and whose conditions the call
+meets; ref on CPU. A list entry is a backend name, or a conditional choice
+`{"backend": "triton", "min_numel": N, "layer": "g_conv"}`: taken only for calls whose main tensor
+has at least N elements (and, for eq_conv2d, only for that kind of conv layer, see `conv_layer_kind`).
+Fused kernels win where tensors are large and the device does the work, and lose where tensors are
+small and a launch costs more on the host than the reference's aten calls; the threshold comes from
+the bench, like the order. A global default can be set with `set_backend` or, scoped, with the
+`use_backend` context manager.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import importlib
 import json
 import os
 import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 BACKENDS = ("ref", "triton", "cuda")
 IMPLS = ("auto",) + BACKENDS
@@ -30,20 +36,48 @@ AUTO_DEFAULT_CUDA: tuple[str, ...] = ("ref",)
 AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
 
 
-def _load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, dict[str, tuple[str, ...]]]:
-    """{arch: {op: preference order}} from auto_backends.json; empty (reference everywhere) if unreadable."""
+class Choice(NamedTuple):
+    """A conditional entry of an auto preference list: `backend` for calls with at least
+    `min_numel` elements in their main tensor and, if `layer` is set, for that conv-layer kind only."""
+    backend: str
+    min_numel: int = 0
+    layer: str | None = None
+
+    def matches(self, numel: int | None, layer: str | None) -> bool:
+        if self.layer is not None and self.layer != layer:
+            return False
+        return self.min_numel <= 0 or (numel is not None and numel >= self.min_numel)
+
+    def explain(self) -> str:
+        parts = [f"{self.layer} layers"] if self.layer else []
+        if self.min_numel > 0:
+            parts.append(f">= {self.min_numel / 1e6:.3g}M elements")
+        return self.backend + (f" at {', '.join(parts)}" if parts else "")
+
+
+def _entry(item):
+    """A table item as loaded: a backend name stays a string, a dict becomes a Choice."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("backend"), str):
+        return Choice(item["backend"], int(item.get("min_numel", 0)), item.get("layer"))
+    raise ValueError(f"bad preference entry {item!r}")
+
+
+def _load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, dict[str, tuple]]:
+    """{arch: {op: preference list}} from auto_backends.json; empty (reference everywhere) if unreadable."""
     try:
         with open(path) as f:
             doc = json.load(f)
-        return {arch: {op: tuple(order) for op, order in entry.get("ops", {}).items()}
+        return {arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get("ops", {}).items()}
                 for arch, entry in doc.get("archs", {}).items()}
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
         warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
                       RuntimeWarning, stacklevel=2)
         return {}
 
 
-AUTO_TABLE: dict[str, dict[str, tuple[str, ...]]] = _load_auto_table()
+AUTO_TABLE: dict[str, dict[str, tuple]] = _load_auto_table()
 _arch_of_index: dict[int, str] = {}
 
 
@@ -59,11 +93,45 @@ def cuda_arch(index: int | None = None) -> str:
     return arch
 
 
-def auto_order(op: str, device) -> tuple[str, ...]:
-    """The backends `auto` tries for `op` on `device` (a torch.device or a device-type string), in order."""
+def conv_layer_kind(k: int, up: bool, down: bool, pixel_norm: bool, act: str, fused_scale: bool = False) -> str | None:
+    """The bench's name for a PGGAN conv layer of this form (bench/test_bench_layers.py), which
+    conditional eq_conv2d entries of the auto table refer to; None for forms the bench does not time."""
+    if k == 1 and not (up or down):
+        return "to_rgb" if act == "linear" else "from_rgb"
+    if k == 4 and not (up or down):
+        return "d_dense4"
+    if k != 3:
+        return None
+    suffix = "_fused" if fused_scale else ""
+    if up:
+        return "g_up" + suffix
+    if down:
+        return "d_down" + suffix
+    return "g_conv" if pixel_norm else "d_conv"
+
+
+def _entries(op: str, device) -> tuple:
     if getattr(device, "type", device) != "cuda":
         return ("ref",)
     return AUTO_TABLE.get(cuda_arch(getattr(device, "index", None)), {}).get(op, AUTO_DEFAULT_CUDA)
+
+
+def auto_order(op: str, device, numel: int | None = None, layer: str | None = None) -> tuple[str, ...]:
+    """The backends `auto` tries for `op` on `device` (a torch.device or a device-type string), in
+    order, for a call whose main tensor has `numel` elements (None: conditional entries never match)
+    and, for eq_conv2d, the layer kind `layer`."""
+    return tuple(e if isinstance(e, str) else e.backend for e in _entries(op, device)
+                 if isinstance(e, str) or e.matches(numel, layer))
+
+
+def auto_prefers_other_than_ref(op: str, device) -> bool:
+    """Whether `auto`'s list for `op` on `device` names anything but the reference (at any size)."""
+    return any(e != "ref" for e in _entries(op, device))
+
+
+def implementation(backend: str, op: str) -> Callable:
+    """`backend`'s registered callable for `op` (the backend must be loaded: see `backend_for`)."""
+    return _registry[backend][op]
 
 
 def register(backend: str, op: str, fn: Callable) -> None:
@@ -142,13 +210,14 @@ def _supports_device(backend: str, device_type: str) -> bool:
     return device_type == "cuda"
 
 
-def resolve(op: str, impl: str, device) -> Callable:
+def resolve(op: str, impl: str, device, numel: int | None = None, layer: str | None = None) -> Callable:
     """The callable that runs `op` for `impl` on a tensor on `device` (a torch.device, or a device-type
-    string; `auto` needs the device for the GPU architecture)."""
-    return _registry[backend_for(op, impl, device)][op]
+    string; `auto` needs the device for the GPU architecture, and the call's size, `numel`, and conv
+    layer kind, `layer`, for the table's conditional entries)."""
+    return implementation(backend_for(op, impl, device, numel, layer), op)
 
 
-def backend_for(op: str, impl: str, device) -> str:
+def backend_for(op: str, impl: str, device, numel: int | None = None, layer: str | None = None) -> str:
     """The name of the backend that runs `op` for `impl` on `device` (errors as `resolve`)."""
     device_type = getattr(device, "type", device)
     if impl not in IMPLS:
@@ -164,19 +233,32 @@ def backend_for(op: str, impl: str, device) -> str:
         if op not in _registry[impl]:
             raise NotImplementedError(f"progan_fast.ops.{op} has no {impl!r} implementation")
         return impl
-    for backend in auto_order(op, device):
-        if _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]:
+    for backend in auto_order(op, device, numel, layer):
+        if _usable(backend, op, device_type):
             return backend
     return "ref"
 
 
+def _usable(backend: str, op: str, device_type: str) -> bool:
+    return _supports_device(backend, device_type) and _ensure_loaded(backend) and op in _registry[backend]
+
+
 def describe(device) -> str:
     """One line saying which backend runs each op on `device` under the current default, e.g.
-    'ref (fade_reals: triton)': the most common backend first, the exceptions in parentheses."""
+    'ref (fade_reals: triton; pixel_norm: triton at >= 33.6M elements)': the most common backend
+    first, the exceptions in parentheses."""
     by_backend: dict[str, list[str]] = {}
     for op in sorted(_registry["ref"]):
         by_backend.setdefault(backend_for(op, "auto", device), []).append(op)
     ranked = sorted(by_backend.items(), key=lambda kv: -len(kv[1]))
     main, rest = ranked[0][0], ranked[1:]
-    exceptions = "; ".join(", ".join(names) + ": " + backend for backend, names in rest)
-    return main + (f" ({exceptions})" if rest else "")
+    exceptions = ["; ".join(", ".join(names) + ": " + backend for backend, names in rest)] if rest else []
+    device_type = getattr(device, "type", device)
+    if _default.get() == "auto":  # conditional choices, which the size-less answer above does not show
+        for op in sorted(_registry["ref"]):
+            conditional = [e.explain() for e in _entries(op, device)
+                           if isinstance(e, Choice) and (e.min_numel > 0 or e.layer)
+                           and _usable(e.backend, op, device_type)]
+            if conditional:
+                exceptions.append(f"{op}: " + ", ".join(conditional))
+    return main + (f" ({'; '.join(exceptions)})" if exceptions else "")
