@@ -75,7 +75,8 @@ def _group_cases(results: dict) -> dict:
             continue
         layer = c.get("layer")
         kind = LAYER_ALIASES.get(layer, layer) if c["op"] == "eq_conv2d" else None
-        groups[(c["op"], kind)][backend][(layer, c.get("res"))] = (_numel(c), c["median_ms"] / max(1, c.get("batch") or 1))
+        per_image_ms = c["median_ms"] / max(1, c.get("batch") or 1)
+        groups[(c["op"], kind)][backend][(layer, c.get("res"))] = (_numel(c), per_image_ms)
     return groups
 
 

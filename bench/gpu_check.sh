@@ -166,6 +166,9 @@ if (( ${#inputs[@]} )); then
     --command "bench/gpu_check.sh (PROGAN_BENCH_QUICK=$PROGAN_BENCH_QUICK)" >> "$LOG" 2>&1 \
     || say "report convert failed (see check.log)"
   [[ -s $OUT/results.json ]] && { timeout 15 "$PY" -m bench.report compare "$OUT/results.json" 2>&1 | tee -a "$LOG" || true; }
+  # the README's training-step table (resolution x variant, img/s, x eager fp32, MFU), appended to results.md
+  [[ -s $OUT/results.json ]] && { printf '\n## Training step (the README table)\n\n' >> "$OUT/results.md"
+    timeout 15 "$PY" -m bench.report speed-table "$OUT/results.json" 2>&1 | tee -a "$LOG" >> "$OUT/results.md" || true; }
   # what impl='auto' should run on this GPU architecture, by the rule of bench/auto_table.py
   # (commit it with: python -m bench.auto_table bench/results/<saved>.json --write)
   [[ -s $OUT/results.json ]] && { timeout 15 "$PY" -m bench.auto_table "$OUT/results.json" 2>&1 | tee -a "$LOG" || true; }

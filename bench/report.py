@@ -3,6 +3,7 @@
   python -m bench.report convert BENCH.json [MORE.json ...] [--out results.json] [--md results.md]
                                  [--save] [--command CMD]
   python -m bench.report compare NEW.json [--against OLD.json] [--threshold 0.10] [--min-ms 0.005]
+  python -m bench.report speed-table RESULTS.json
 
 `convert` merges one or more `--benchmark-json` files (from one run: e.g. ops, layers and steps as
 separate invocations) into one results document: environment, ceilings and one record per case
@@ -12,6 +13,11 @@ in the same run). `--save` also writes bench/results/<date>_<device class>_<comm
 `compare` matches cases by id and exits 1 when any case is more than `threshold` slower than the
 baseline; without `--against` the baseline is the newest bench/results/ file of the same device
 class. Either side may be a results JSON or a raw pytest-benchmark JSON.
+
+`speed-table` prints the README's training-step table: one row per resolution (batch), one column
+per step variant measured, img/s with the speedup over eager fp32 of the same run, and MFU at
+>= 128 px (issue targets: >= 2x eager fp32, >= 1.5x eager AMP, >= 1.2x torch.compile AMP, >= 5x eager
+with CUDA graphs at 4-16 px).
 """
 from __future__ import annotations
 
@@ -117,6 +123,47 @@ def saved_name(res: dict) -> str:
     return f"{date}_{env.get('device_class', 'unknown')}_{str(env.get('git_commit') or 'nogit')[:8]}.json"
 
 
+# ------------------------------------------------------------------------------------------ speed table
+
+STEP_COLUMNS = (("eager_fp32", "eager fp32"), ("eager_amp", "eager AMP (bf16)"),
+                ("compile_amp", "torch.compile AMP (G only)"), ("fast", "progan_fast (auto) + AMP"),
+                ("fast_graph", "progan_fast + CUDA graph"), ("triton_amp", "all Triton + AMP"),
+                ("cuda_amp", "all CUDA ext + AMP"))
+
+
+def speed_table(res: dict) -> str:
+    """Markdown: training-step img/s per resolution and variant (speedup vs eager fp32, MFU >= 128 px)."""
+    steps: dict = {}
+    for c in res.get("cases", []):
+        if c.get("kind") == "step" and c.get("img_s"):
+            steps.setdefault((c["res"], c.get("batch")), {})[c.get("variant")] = c
+    if not steps:
+        return "(no training-step cases in these results)\n"
+    columns = [(v, title) for v, title in STEP_COLUMNS if any(v in row for row in steps.values())]
+    env = res.get("env", {})
+    lines = [f"{env.get('device', '?')}, torch {env.get('torch')}, Triton {env.get('triton')}, "
+             f"{str(env.get('date'))[:10]}, commit {str(env.get('git_commit'))[:8]}; img/s (x eager fp32):", "",
+             "| resolution (batch) | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for (r, batch), row in sorted(steps.items()):
+        base = row.get("eager_fp32", {}).get("img_s")
+        cells = []
+        for variant, _ in columns:
+            c = row.get(variant)
+            if c is None:
+                cells.append("–")
+                continue
+            cell = _fmt(c["img_s"], ",.0f")
+            if base and variant != "eager_fp32":
+                cell += f" ({c['img_s'] / base:.2f}x)"
+            mfu = c.get("mfu", c.get("frac_ceiling"))
+            if r >= 128 and mfu is not None:
+                cell += f", MFU {100 * mfu:.1f}%"
+            cells.append(cell)
+        lines.append(f"| {r} px ({batch}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------ compare
 
 def latest_baseline(device_class: str, results_dir: str = RESULTS_DIR, exclude: str | None = None) -> str | None:
@@ -190,7 +237,13 @@ def main(argv=None) -> int:
     pm.add_argument("--threshold", type=float, default=0.10)
     pm.add_argument("--min-ms", type=float, default=0.0, help="ignore cases faster than this in the baseline")
     pm.add_argument("--results-dir", default=RESULTS_DIR)
+    ps = sub.add_parser("speed-table", help="the README's training-step table from a results file")
+    ps.add_argument("results")
     args = p.parse_args(argv)
+
+    if args.cmd == "speed-table":
+        print(speed_table(load_results(args.results)), end="")
+        return 0
 
     if args.cmd == "convert":
         docs = []

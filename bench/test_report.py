@@ -85,3 +85,25 @@ def test_convert_cli_tolerates_a_missing_stage(tmp_path):
     assert res["env"]["command"] == "bench/gpu_check.sh" and len(res["cases"]) == 4
     assert report.saved_name(res) == "20261126T000000_nvidia-h100_abc123.json"
     assert report.main(["convert", str(tmp_path / "none.json")]) == 2
+
+
+def test_speed_table_rows_columns_speedups_and_mfu(tmp_path, capsys):
+    def step(res, batch, variant, img_s, mfu=None):
+        return {"id": f"step/r{res}/{variant}", "kind": "step", "res": res, "batch": batch, "variant": variant,
+                "img_s": img_s, "mfu": mfu}
+    env = {"device": "NVIDIA H100", "torch": "2.11", "triton": "3.6", "date": "2026-11-27T01:00:00",
+           "git_commit": "abcdef1234"}
+    res = {"schema": report.SCHEMA, "env": env,
+           "cases": [step(4, 128, "eager_fp32", 1000.0), step(4, 128, "fast_graph", 6000.0),
+                     step(128, 16, "eager_fp32", 100.0, 0.05), step(128, 16, "fast", 250.0, 0.125),
+                     {"id": "op/x", "kind": "op", "img_s": 5.0}]}
+    table = report.speed_table(res)
+    lines = table.splitlines()
+    assert lines[2] == "| resolution (batch) | eager fp32 | progan_fast (auto) + AMP | progan_fast + CUDA graph |"
+    assert lines[4] == "| 4 px (128) | 1,000 | – | 6,000 (6.00x) |"
+    assert lines[5] == "| 128 px (16) | 100, MFU 5.0% | 250 (2.50x), MFU 12.5% | – |"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    assert report.main(["speed-table", str(path)]) == 0
+    assert capsys.readouterr().out == table
+    assert "no training-step cases" in report.speed_table({"cases": []})

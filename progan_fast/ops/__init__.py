@@ -187,7 +187,8 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
     layer = conv_layer_kind(weight.shape[2], kw["up"], kw["down"], kw["pixel_norm"], act, kw["fused_scale"])
     backend = backend_for(op, impl, x.device, x.numel(), layer)
     epilogue = "bias_act_pixel_norm" if pixel_norm else "bias_act"
-    if backend == "ref" and impl == "auto" and get_backend() == "auto" and auto_prefers_other_than_ref(epilogue, x.device):
+    if (backend == "ref" and impl == "auto" and get_backend() == "auto"
+            and auto_prefers_other_than_ref(epilogue, x.device)):
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
     return implementation(backend, op)(x, weight, bias, **kw)
 
