@@ -13,6 +13,7 @@ Environment knobs (all optional):
   PROGAN_BENCH_CASE_S=0.2     time budget per op/layer case in seconds (step cases get 4x)
   PROGAN_BENCH_DEVICE=cpu     force the CPU profile on a GPU machine
   PROGAN_BENCH_THREADS=1      torch threads for the CPU profile
+  PROGAN_BENCH_GRAPH_MAX_RES=16  the CUDA-graph step variant (fast_graph) up to this resolution
 """
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ def make_settings(quick_flag: bool) -> Settings:
         s.compile_resolutions = s.op_resolutions
     if budget_env:
         s.case_budget_s = float(budget_env)
+    if os.environ.get("PROGAN_BENCH_GRAPH_MAX_RES"):
+        s.graph_max_res = int(os.environ["PROGAN_BENCH_GRAPH_MAX_RES"])
     return s
 
 

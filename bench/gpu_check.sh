@@ -144,7 +144,10 @@ stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py 
 # ---------------------------------------------------------------------------------- extras
 if [[ $HAS_GPU == 1 ]]; then
   # why the step takes what it takes: device-busy vs wall time, launches, kernel families, top kernels
-  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-50}" "$PY" -m bench.profile_step --res 64 4 \
+  # (fast_graph at 64 px too: does capturing beyond --cuda-graph-max-res's default of 32 px pay? The conv
+  # kernels take their heuristic tiles here: autotuning every layer shape again would eat the stage.)
+  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-50}" env PROGAN_BENCH_GRAPH_MAX_RES=64 PROGAN_FAST_TRITON_AUTOTUNE=0 \
+    "$PY" -m bench.profile_step --res 64 4 \
     --variant eager_fp32 eager_amp fast triton_amp cuda_amp fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
   TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operator backend (default auto: on CUDA, per op, the backend the committed bench results favour for this GPU architecture, progan_fast/ops/auto_backends.json; the reference elsewhere)")
     x.add_argument("--cuda-graph", action="store_true",
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
-                        "it at <= 32 px, where the step is launch-bound (single GPU)")
+                        "it at <= --cuda-graph-max-res, where the step is launch-bound (single GPU)")
+    x.add_argument("--cuda-graph-max-res", type=int,
+                   help="highest resolution whose iteration --cuda-graph captures (default 32; above it the step "
+                        "runs eagerly; each captured phase holds its own memory pool)")
     x.add_argument("--loader", choices=["auto", "torch", "dali"],
                    help="data loader: 'dali' (NVIDIA DALI; GPU JPEG decode), 'torch', or 'auto' (default: dali "
                         "when installed and on CUDA)")
@@ -203,7 +206,7 @@ def _train(args: dict, distributed) -> int:
         device = pick_device(given.get("device", "auto"))
         cfg = saved
         saved.world_size = world
-        for k in ("backend", "cuda_graph", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks",
+        for k in ("backend", "cuda_graph", "cuda_graph_max_res", "loader", "tensorboard", "tick_kimg", "total_kimg", "snapshot_ticks",
                   "metrics", "metrics_kimg", "metrics_num"):
             if k in given:
                 setattr(cfg, k, given[k])

@@ -72,6 +72,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     (["--resolution", "64"], "exceeds the dataset's resolution 32"),
     (["--amp", "--amp-dtype", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device"),
+    (["--cuda-graph-max-res", "48"], "--cuda-graph-max-res: resolution must be a power of two"),
     (["--minibatch", "4-128"], "RES:VALUE"),
     (["--ema-beta", "1.5"], "ema-beta"),
     (["--resume", "/nonexistent/run"], "no checkpoint-latest.pt"),

@@ -67,7 +67,8 @@ class TrainConfig:
     backend: str = "auto"
     loader: str = "auto"  # data loader: torch | dali | auto (dali when installed and on CUDA)
     channels_last: bool | None = None  # None: on for CUDA
-    cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU, <= 32 px)
+    cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU)
+    cuda_graph_max_res: int = 32  # ... at resolutions up to this one (launch-bound there; eager above)
     tick_kimg: float = 20.0
     snapshot_ticks: int = 10
     grid_size: int = 64
@@ -104,6 +105,10 @@ class TrainConfig:
                 resolution_log2(self.resolution)
             except ValueError as exc:
                 raise ValueError(f"--{exc}") from None
+        try:
+            resolution_log2(self.cuda_graph_max_res)
+        except ValueError as exc:
+            raise ValueError(f"--cuda-graph-max-res: {exc}") from None
         if self.amp_dtype not in ("bf16", "fp16"):
             raise ValueError(f"--amp-dtype must be bf16 or fp16, got {self.amp_dtype!r}")
         for name in ("stable_kimg", "fade_kimg", "tick_kimg", "lrate_base"):

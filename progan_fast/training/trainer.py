@@ -20,7 +20,7 @@ import torch
 from .. import ops
 from ..data import MultiResolutionDataset
 from ..data.dali import make_batch_stream
-from ..models import Discriminator, Generator
+from ..models import Discriminator, Generator, resolution_log2
 from ..utils.images import grid, save_png, to_uint8_nhwc
 from .checkpoint import FORMAT_VERSION, LATEST, save_atomic, serialize
 from .conditional import cond_kwargs, dataset_num_classes, grid_labels
@@ -117,7 +117,8 @@ class Trainer:
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
-                              world_size=cfg.world_size, cuda_graph=cfg.cuda_graph, cond_weight=cfg.cond_weight)
+                              world_size=cfg.world_size, cuda_graph=cfg.cuda_graph,
+                              graph_max_res_log2=resolution_log2(cfg.cuda_graph_max_res), cond_weight=cfg.cond_weight)
         self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
                                         world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
         self.schedule = build_schedule(cfg)
