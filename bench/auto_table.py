@@ -20,6 +20,10 @@ cuda) with the eager reference measured in the same run:
 - the preference list is the qualifying entries, the cheapest relative to the reference first, then
   "ref" (always the last fallback). Nothing qualifies: ["ref"].
 
+The same rule on the CUDA-graph cases (mode fwdbwd_graph: device time without host dispatch) gives
+a second list per op, "graph_ops", which `auto` follows inside a captured training step
+(`ops.graph_mode()`, entered by TrainStep's --cuda-graph path), where host dispatch costs nothing.
+
 Without --write it prints the table; with it, it replaces the entry of the results' GPU
 architecture (sm_XY from env.device_capability) in the table file, recording the source file,
 device, versions, date and rule, and leaves other architectures alone.
@@ -64,11 +68,11 @@ def _numel(case: dict) -> int | None:
     return n
 
 
-def _group_cases(results: dict) -> dict:
-    """{(op, layer): {backend: {(layer name, res): (numel, per-image ms)}}} of the fwdbwd op/layer cases."""
+def _group_cases(results: dict, mode: str) -> dict:
+    """{(op, layer): {backend: {(layer name, res): (numel, per-image ms)}}} of the `mode` op/layer cases."""
     groups: dict = defaultdict(lambda: defaultdict(dict))
     for c in results.get("cases", []):
-        if c.get("kind") not in ("op", "layer") or c.get("mode") != "fwdbwd" or not c.get("median_ms"):
+        if c.get("kind") not in ("op", "layer") or c.get("mode") != mode or not c.get("median_ms"):
             continue
         backend = c.get("backend")
         if backend not in ("ref",) + RUNTIME_BACKENDS:
@@ -108,11 +112,13 @@ def _scope(keys) -> str:
     return ", ".join(_key_name(k) for k in sorted(keys, key=lambda k: (k[1] or 0, k[0] or "")))
 
 
-def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05) -> dict:
+def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: str = "fwdbwd") -> dict:
     """{op: {"order": [...], "cost_us_per_img": {group: {backend: cost}}, "why": str}} from one results
-    document. An order entry is a backend name or {"backend", "min_numel"[, "layer"]}."""
+    document's `mode` cases (fwdbwd: eager calls; fwdbwd_graph: CUDA-graph replays). An order entry
+    is a backend name or {"backend", "min_numel"[, "layer"]}."""
     table: dict = {}
-    for (op, layer), by_backend in sorted(_group_cases(results).items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    groups = _group_cases(results, mode)
+    for (op, layer), by_backend in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         ref = by_backend.get("ref")
         if not ref:
             continue
@@ -159,7 +165,7 @@ def format_choice(choice) -> str:
 
 
 def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PATH,
-          tolerance: float = 0.05, margin: float = 0.05) -> str:
+          tolerance: float = 0.05, margin: float = 0.05, derived_graph: dict | None = None) -> str:
     """Replace the results' architecture entry in the table file; returns the architecture."""
     arch = _arch(results.get("env", {}))
     try:
@@ -181,6 +187,10 @@ def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PAT
         "evidence": {op: {"cost_us_per_img": entry["cost_us_per_img"], "why": entry["why"]}
                      for op, entry in derived.items()},
     }
+    if derived_graph:
+        doc["archs"][arch]["graph_ops"] = {op: entry["order"] for op, entry in derived_graph.items()}
+        doc["archs"][arch]["graph_evidence"] = {op: {"cost_us_per_img": entry["cost_us_per_img"], "why": entry["why"]}
+                                                for op, entry in derived_graph.items()}
     doc["archs"] = dict(sorted(doc["archs"].items()))
     with open(table_path, "w") as f:
         json.dump(doc, f, indent=1)
@@ -198,6 +208,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = load_results(args.results)
     derived = derive(results, args.tolerance, args.margin)
+    derived_graph = derive(results, args.tolerance, args.margin, mode="fwdbwd_graph")
     if not derived:
         print("auto_table: no fwdbwd op/layer cases with a reference in these results", file=sys.stderr)
         return 2
@@ -206,12 +217,16 @@ def main(argv=None) -> int:
     except ValueError as exc:
         arch = f"(unknown: {exc})"
     print(f"auto table for {arch} from {args.results}:")
-    for op, entry in derived.items():
-        order = " > ".join(format_choice(c) for c in entry["order"])
-        print(f"  {op:22s} {order:22s}  {entry['why']}")
+    for title, table in (("eager calls", derived), ("inside CUDA graphs (graph_ops)", derived_graph)):
+        if table:
+            print(f" {title}:")
+        for op, entry in table.items():
+            order = " > ".join(format_choice(c) for c in entry["order"])
+            print(f"  {op:22s} {order:22s}  {entry['why']}")
     if args.write:
         source = os.path.relpath(os.path.abspath(args.results), REPO)
-        arch = write(results, derived, source.replace(os.sep, "/"), args.table, args.tolerance, args.margin)
+        arch = write(results, derived, source.replace(os.sep, "/"), args.table, args.tolerance, args.margin,
+                     derived_graph)
         print(f"wrote {arch} to {args.table}")
     return 0
 

@@ -14,6 +14,7 @@ Environment knobs (all optional):
   PROGAN_BENCH_DEVICE=cpu     force the CPU profile on a GPU machine
   PROGAN_BENCH_THREADS=1      torch threads for the CPU profile
   PROGAN_BENCH_GRAPH_MAX_RES=16  the CUDA-graph step variant (fast_graph) up to this resolution
+  PROGAN_BENCH_GRAPH_OPS=0|1  op cases also as CUDA-graph replays, mode fwdbwd_graph (default: on with a GPU)
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class Settings:
     max_rounds: int = 200
     cpu_batch: int = 4
     graph_max_res: int = 16          # CUDA-graph step variant up to this resolution
+    graph_ops: bool = False          # op cases also timed as CUDA-graph replays (fwdbwd_graph mode, GPU)
     extra_variants: bool = False     # fused_scale layer variants (full GPU runs)
     notes: list = field(default_factory=list)
 
@@ -117,6 +119,7 @@ def make_settings(quick_flag: bool) -> Settings:
         s.compile_resolutions = s.op_resolutions
     if budget_env:
         s.case_budget_s = float(budget_env)
+    s.graph_ops = s.on_gpu and os.environ.get("PROGAN_BENCH_GRAPH_OPS", "1") != "0"
     if os.environ.get("PROGAN_BENCH_GRAPH_MAX_RES"):
         s.graph_max_res = int(os.environ["PROGAN_BENCH_GRAPH_MAX_RES"])
     return s
@@ -176,16 +179,20 @@ def ceilings(request, settings) -> dict:
     return c
 
 
-def backend_cases(settings: Settings, names_at) -> list:
+def backend_cases(settings: Settings, names_at, graph_modes: bool = False) -> list:
     """pytest params (name, res, mode, backend) for every bench resolution, every name `names_at(res)`
-    yields there, fwd and fwdbwd, and every backend. torch.compile cases the settings exclude are
+    yields there, fwd and fwdbwd (and fwdbwd_graph: the same work replayed from a CUDA graph, where
+    `graph_modes` and the settings ask for it; not for compile), and every backend. torch.compile cases the settings exclude are
     dropped and the rest move to the end of the run, so a stage that runs out of time loses compile
     cases (seconds each to build) before anything else."""
     keep, compiled = [], []
     for res in settings.op_resolutions:
         for name in names_at(res):
-            for mode in ("fwd", "fwdbwd"):
+            modes = ("fwd", "fwdbwd") + (("fwdbwd_graph",) if graph_modes and settings.graph_ops else ())
+            for mode in modes:
                 for backend in BACKENDS:
+                    if mode.endswith("_graph") and backend == "compile":
+                        continue
                     case = pytest.param((name, res, mode, backend), id=f"{name}-r{res}-{mode}-{backend}")
                     if backend != "compile":
                         keep.append(case)

@@ -75,6 +75,21 @@ def test_a_backend_that_wins_only_on_large_tensors_gets_a_size_threshold():
     assert derive(res)["pixel_norm"]["order"] == ["ref"]
 
 
+def test_graph_cases_give_the_graph_lists(tmp_path):
+    from progan_fast.ops import _backend
+    cases = [_case("lerp", "ref", 8, 1.0), _case("lerp", "triton", 8, 1.5),                    # eager: slower
+             _case("lerp", "ref", 8, 0.2, mode="fwdbwd_graph"), _case("lerp", "triton", 8, 0.1, mode="fwdbwd_graph")]
+    res = _results(cases)
+    assert derive(res)["lerp"]["order"] == ["ref"]
+    graph = derive(res, mode="fwdbwd_graph")
+    assert graph["lerp"]["order"] == ["triton", "ref"]
+    table = tmp_path / "auto.json"
+    write(res, derive(res), "bench/results/x.json", str(table), derived_graph=graph)
+    doc = json.loads(table.read_text())["archs"]["sm_90"]
+    assert doc["ops"]["lerp"] == ["ref"] and doc["graph_ops"]["lerp"] == ["triton", "ref"]
+    assert _backend._load_auto_table(str(table), key="graph_ops") == {"sm_90": {"lerp": ("triton", "ref")}}
+
+
 def test_conditional_entries_load_and_match_at_run_time(tmp_path):
     from progan_fast.ops import _backend
     res = _results([_sized("pixel_norm", "ref", 8, 1.0, 1000), _sized("pixel_norm", "triton", 8, 2.0, 1000),

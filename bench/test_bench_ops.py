@@ -1,5 +1,7 @@
 """Per-op throughput: every fused op x backend (eager reference, torch.compile(reference), triton,
-cuda) x (forward, forward+backward), at the shapes the paper model runs at each resolution.
+cuda) x (forward, forward+backward), at the shapes the paper model runs at each resolution. On a
+GPU, forward+backward is also timed as a CUDA-graph replay (mode fwdbwd_graph): the device's time
+alone, without host dispatch - what an op costs inside a captured training step (--cuda-graph).
 
 Shapes per training resolution r (batch B(r), c = channels of the block at r, bf16 on GPU):
   bias_act, bias_act_pixel_norm, pixel_norm   [B, c, r, r]          (D / G conv epilogues)
@@ -18,11 +20,12 @@ from progan_fast import ops
 
 from .conftest import backend_cases, skip_unless_backend
 from .roofline import op_bytes
-from .timing import run_case
+from .timing import graph_replay, run_case
 
 OPS = ("bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals",
        "lerp", "downsample2x")
 FADE_OPS = ("upsample_blend", "fade_reals", "lerp", "downsample2x")  # need r >= 8
+GRAPH_CALLS = 4  # calls per captured graph in fwdbwd_graph cases (amortizes the replay's own launch)
 
 
 def make_inputs(op: str, res: int, s, requires_grad: bool):
@@ -60,14 +63,14 @@ def pytest_generate_tests(metafunc):
     if "op_case" not in metafunc.fixturenames:
         return
     s = metafunc.config._progan_bench
-    cases = backend_cases(s, lambda res: [op for op in OPS if not (op in FADE_OPS and res < 8)])
+    cases = backend_cases(s, lambda res: [op for op in OPS if not (op in FADE_OPS and res < 8)], graph_modes=True)
     metafunc.parametrize("op_case", cases)
 
 
 def test_op(benchmark, op_case, settings, ceilings):
     op, res, mode, backend = op_case
     skip_unless_backend(settings, backend, op)
-    grad = mode == "fwdbwd"
+    grad = mode.startswith("fwdbwd")
     inputs, kwargs, grad_names = make_inputs(op, res, settings, requires_grad=grad)
     call = op_callable(op, backend, kwargs)
     with torch.no_grad():
@@ -90,5 +93,9 @@ def test_op(benchmark, op_case, settings, ceilings):
             "backend": backend, "mode": mode, "res": res, "batch": settings.batch(res),
             "shape": {k: list(v.shape) for k, v in inputs.items()}, "dtype": str(settings.dtype),
             "group": f"op {op} r{res} {mode}"}
+    calls = 1
+    if mode.endswith("_graph"):  # device time: GRAPH_CALLS calls captured once, replayed (no host dispatch)
+        fn, calls = graph_replay(fn, GRAPH_CALLS), GRAPH_CALLS
+        info["graph_calls"] = calls
     run_case(benchmark, fn, settings=settings, ceilings=ceilings, info=info, moved=moved,
-             images=settings.batch(res))
+             images=settings.batch(res), calls=calls)

@@ -87,6 +87,29 @@ def test_convert_cli_tolerates_a_missing_stage(tmp_path):
     assert report.main(["convert", str(tmp_path / "none.json")]) == 2
 
 
+def test_convert_reports_graph_replays_per_op_call():
+    raw = {"benchmarks": [{"name": "g", "stats": {"median": 0.004, "iqr": 0.0004, "rounds": 5, "iterations": 1},
+                           "extra_info": {"case_id": "op/lerp/r8/fwdbwd_graph/ref", "graph_calls": 4,
+                                          "median_ms": 1.0, "kind": "op"}}]}
+    case = report.convert([raw])["cases"][0]
+    assert case["median_ms"] == pytest.approx(1.0) and case["iqr_ms"] == pytest.approx(0.1)
+
+
+def test_graph_modes_only_where_asked_and_never_for_compile():
+    from bench.conftest import Settings, backend_cases
+    import torch
+    s = Settings(device=torch.device("cpu"), quick=True, dtype=torch.float32, channels_last=False, fmap={},
+                 op_resolutions=(8,), step_resolutions=(8,), compile=True, compile_resolutions=(8,),
+                 compile_step_resolutions=(), compile_only=None, case_budget_s=0.1, round_s=1e-3)
+    ids = lambda cases: [c.id for c in cases]  # noqa: E731
+    assert not any("graph" in i for i in ids(backend_cases(s, lambda r: ["lerp"], graph_modes=True)))
+    s.graph_ops = True
+    got = ids(backend_cases(s, lambda r: ["lerp"], graph_modes=True))
+    assert "lerp-r8-fwdbwd_graph-triton" in got and "lerp-r8-fwdbwd_graph-ref" in got
+    assert "lerp-r8-fwdbwd_graph-compile" not in got and "lerp-r8-fwdbwd-compile" in got
+    assert not any("graph" in i for i in ids(backend_cases(s, lambda r: ["lerp"])))  # layers: never
+
+
 def test_speed_table_rows_columns_speedups_and_mfu(tmp_path, capsys):
     def step(res, batch, variant, img_s, mfu=None):
         return {"id": f"step/r{res}/{variant}", "kind": "step", "res": res, "batch": batch, "variant": variant,

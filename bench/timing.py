@@ -34,12 +34,31 @@ def device_sync(device: torch.device):
     return lambda: None
 
 
+def graph_replay(fn, calls: int):
+    """`fn` run `calls` times, captured once in a CUDA graph (after warm-up calls on a side stream,
+    as torch.cuda.graph asks); returns the replay. Timing it measures device time without the host's
+    dispatch: what the work costs inside a captured training step."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
+
+
 def run_case(benchmark, fn, *, settings, ceilings, info: dict, moved=0, flops=0, images=None,
-             budget_s=None) -> dict:
+             budget_s=None, calls: int = 1) -> dict:
     """Time `fn` (one op / layer / step call) and store the roofline summary in extra_info.
 
     `info`: the case's identity (`case_id`, `baseline_id`, `kind`, `backend`, `mode`, `res`, ...).
-    `moved`: minimal bytes; `flops`: useful FLOPs; `images`: images per call (for img/s)."""
+    `moved`: minimal bytes; `flops`: useful FLOPs; `images`: images per call (for img/s).
+    `calls`: op calls per `fn()` (a graph replay of several): the summary is per op call, and
+    report.convert divides the recorded median by `info["graph_calls"]` the same way."""
     sync = device_sync(settings.device)
     budget = settings.case_budget_s if budget_s is None else budget_s
     fn()  # warm-up: compile / autotune / allocate
@@ -66,7 +85,7 @@ def run_case(benchmark, fn, *, settings, ceilings, info: dict, moved=0, flops=0,
     sync()
     if benchmark.stats is None:  # --benchmark-disable: ran once as a plain test, nothing timed
         return {}
-    median = benchmark.stats.stats.median
+    median = benchmark.stats.stats.median / calls
     summary = summarize(median, ceilings, moved=moved, flops=flops, images=images)
     for key, value in summary.items():
         benchmark.extra_info[key] = value

@@ -166,7 +166,7 @@ def test_auto_table_is_well_formed():
     layers = {"to_rgb", "from_rgb", "g_up", "g_up_fused", "g_conv", "d_conv", "d_down", "d_down_fused", "d_dense4"}
     for arch, entry in doc["archs"].items():
         assert arch.startswith("sm_") and entry["source"] and entry["rule"]
-        for op, order in entry["ops"].items():
+        for op, order in [*entry["ops"].items(), *entry.get("graph_ops", {}).items()]:
             assert op in public and order[-1] == "ref", (arch, op, order)
             for item in order:
                 if isinstance(item, dict):  # a conditional choice: a size threshold, a conv layer kind
@@ -174,8 +174,9 @@ def test_auto_table_is_well_formed():
                     assert item.get("layer") in layers | {None} and (op == "eq_conv2d") == ("layer" in item), item
                     item = item["backend"]
                 assert item in _backend.BACKENDS, (arch, op, order)
-    assert _backend.AUTO_TABLE == {a: {o: tuple(_backend._entry(i) for i in v) for o, v in e["ops"].items()}
-                                   for a, e in doc["archs"].items()}
+    for key, table in (("ops", _backend.AUTO_TABLE), ("graph_ops", _backend.AUTO_TABLE_GRAPH)):
+        assert table == {a: {o: tuple(_backend._entry(i) for i in v) for o, v in e.get(key, {}).items()}
+                         for a, e in doc["archs"].items()}
 
 
 def test_auto_picks_per_gpu_architecture(monkeypatch):
@@ -215,6 +216,27 @@ def test_auto_conditional_choices_need_the_size_and_the_layer(monkeypatch):
     assert _backend.auto_order("eq_conv2d", gpu, 500, "g_up") == ("triton", "ref")
     assert ops.describe(gpu) == "ref (eq_conv2d: triton at g_conv layers, triton at g_up layers, >= 0.0005M elements; " \
         "pixel_norm: triton at >= 0.001M elements)"
+
+
+def test_graph_mode_follows_the_graph_lists_where_the_table_has_them(monkeypatch):
+    from progan_fast.ops import _backend
+    fake = lambda *a, **k: None  # noqa: E731
+    monkeypatch.setitem(_backend._registry["triton"], "lerp", fake)
+    monkeypatch.setitem(_backend._load_state, "triton", True)
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"lerp": ("ref",), "pixel_norm": ("ref",)}})
+    monkeypatch.setattr(_backend, "AUTO_TABLE_GRAPH", {"sm_90": {"lerp": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
+    gpu = torch.device("cuda", 0)
+    ref = _backend._registry["ref"]
+    assert _backend.resolve("lerp", "auto", gpu) is ref["lerp"]
+    with ops.graph_mode():
+        assert _backend.resolve("lerp", "auto", gpu) is fake
+        assert _backend.resolve("pixel_norm", "auto", gpu) is ref["pixel_norm"]  # no graph list: the eager one
+        assert _backend.resolve("lerp", "ref", gpu) is ref["lerp"]
+        with ops.graph_mode(False):
+            assert _backend.resolve("lerp", "auto", gpu) is ref["lerp"]
+    assert _backend.resolve("lerp", "auto", gpu) is ref["lerp"]
+    assert _backend.auto_order("lerp", "cpu") == ("ref",)
 
 
 @pytest.mark.parametrize("k, up, down, pn, act, fused, kind", [

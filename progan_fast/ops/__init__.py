@@ -13,12 +13,13 @@ import torch
 
 from . import reference
 from ._backend import (auto_prefers_other_than_ref, available_backends, backend_error, backend_for, conv_layer_kind,
-                       describe, get_backend, implementation, register, resolve, set_backend, triton_interpret,
-                       use_backend)
+                       describe, get_backend, graph_mode, implementation, register, resolve, set_backend,
+                       triton_interpret, use_backend)
 
 __all__ = [
     "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals", "lerp", "downsample2x",
-    "eq_conv2d", "set_backend", "get_backend", "use_backend", "available_backends", "backend_error", "describe",
+    "eq_conv2d", "set_backend", "get_backend", "use_backend", "graph_mode", "available_backends", "backend_error",
+    "describe",
     "triton_interpret", "register", "reference",
 ]
 

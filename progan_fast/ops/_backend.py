@@ -8,8 +8,11 @@ meets; ref on CPU. A list entry is a backend name, or a conditional choice
 has at least N elements (and, for eq_conv2d, only for that kind of conv layer, see `conv_layer_kind`).
 Fused kernels win where tensors are large and the device does the work, and lose where tensors are
 small and a launch costs more on the host than the reference's aten calls; the threshold comes from
-the bench, like the order. A global default can be set with `set_backend` or, scoped, with the
-`use_backend` context manager.
+the bench, like the order. Inside `graph_mode()` (TrainStep's CUDA-graph path: warm-up and
+capture) `auto` follows the arch's "graph_ops" lists instead where the table has them: derived from
+CUDA-graph replays, they rank backends by device time alone, since a replay dispatches nothing on
+the host. A global default can be set with `set_backend` or, scoped, with the `use_backend`
+context manager.
 """
 from __future__ import annotations
 
@@ -64,12 +67,13 @@ def _entry(item):
     raise ValueError(f"bad preference entry {item!r}")
 
 
-def _load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, dict[str, tuple]]:
-    """{arch: {op: preference list}} from auto_backends.json; empty (reference everywhere) if unreadable."""
+def _load_auto_table(path: str = AUTO_TABLE_PATH, key: str = "ops") -> dict[str, dict[str, tuple]]:
+    """{arch: {op: preference list}} from auto_backends.json (`key`: "ops", or "graph_ops" for the
+    lists followed inside CUDA graphs); empty (reference everywhere) if unreadable."""
     try:
         with open(path) as f:
             doc = json.load(f)
-        return {arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get("ops", {}).items()}
+        return {arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
                 for arch, entry in doc.get("archs", {}).items()}
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
@@ -78,6 +82,8 @@ def _load_auto_table(path: str = AUTO_TABLE_PATH) -> dict[str, dict[str, tuple]]
 
 
 AUTO_TABLE: dict[str, dict[str, tuple]] = _load_auto_table()
+AUTO_TABLE_GRAPH: dict[str, dict[str, tuple]] = _load_auto_table(key="graph_ops")
+_graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_graph_mode", default=False)
 _arch_of_index: dict[int, str] = {}
 
 
@@ -110,10 +116,27 @@ def conv_layer_kind(k: int, up: bool, down: bool, pixel_norm: bool, act: str, fu
     return "g_conv" if pixel_norm else "d_conv"
 
 
+@contextlib.contextmanager
+def graph_mode(enabled: bool = True) -> Iterator[None]:
+    """`auto` picks by the arch's CUDA-graph lists ("graph_ops") inside: for code that is warmed up and
+    then captured in a CUDA graph. Enter it around the warm-up as well as the capture, so both run the
+    same backends (nothing may compile or autotune during a capture)."""
+    token = _graph_mode.set(enabled)
+    try:
+        yield
+    finally:
+        _graph_mode.reset(token)
+
+
 def _entries(op: str, device) -> tuple:
     if getattr(device, "type", device) != "cuda":
         return ("ref",)
-    return AUTO_TABLE.get(cuda_arch(getattr(device, "index", None)), {}).get(op, AUTO_DEFAULT_CUDA)
+    arch = cuda_arch(getattr(device, "index", None))
+    if _graph_mode.get():
+        graph = AUTO_TABLE_GRAPH.get(arch, {}).get(op)
+        if graph is not None:
+            return graph
+    return AUTO_TABLE.get(arch, {}).get(op, AUTO_DEFAULT_CUDA)
 
 
 def auto_order(op: str, device, numel: int | None = None, layer: str | None = None) -> tuple[str, ...]:

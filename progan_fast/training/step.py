@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import ops
 from .loss import _autocast, d_loss_wgangp, g_loss_wgan
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -251,7 +252,7 @@ class TrainStep:
             entry.warm += 1
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), ops.graph_mode():  # the backends the capture will run
                 stats = self._step(reals, res_log2, alpha, labels)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return stats
@@ -290,7 +291,7 @@ class TrainStep:
         entry.alpha = torch.tensor(float(alpha) if fading else 1.0, dtype=torch.float32, device=self.device)
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)  # latents and mixing factors advance per replay
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), ops.graph_mode():  # auto ranks backends by device time in a graph
             entry.stats = self._step(entry.reals, res_log2, entry.alpha if fading else 1.0, entry.labels)
         entry.graph = graph
 
