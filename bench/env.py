@@ -52,6 +52,8 @@ def collect() -> dict:
         import progan_fast
         info["progan_fast"] = progan_fast.__version__
         info["backends"] = progan_fast.ops.available_backends()
+        from progan_fast.ops import _backend
+        info["auto_table"] = os.path.relpath(_backend.AUTO_TABLE_PATH)  # which table impl='auto' followed
     except Exception as exc:
         info["progan_fast"] = f"unavailable: {exc}"
     if torch.cuda.is_available():

@@ -12,9 +12,10 @@
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
 # Without a GPU the GPU-only stages are skipped and the bench runs its tiny CPU profile.
 #
-# $OUT receives at most 9 files: check.log (every stage's full output), bench_ops.json, bench_host.json,
-# bench_layers.json, bench_step.json (pytest-benchmark), profile_step.md/.json (bench/profile_step.py),
-# results.json, results.md.
+# $OUT receives at most 10 files: check.log (every stage's full output), bench_ops.json, bench_host.json,
+# bench_layers.json, bench_step.json (pytest-benchmark), auto_backends.json (the impl='auto' table the op
+# and layer cases imply; the step stages and the profile run under it), profile_step.md/.json
+# (bench/profile_step.py), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=75 T_BENCH_HOST=20
@@ -139,6 +140,22 @@ stage bench_ops "${T_BENCH_OPS:-75}" "$PY" -m pytest bench/test_bench_ops.py "${
 # host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
 stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+# impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
+# copied, this GPU's architecture replaced; $OUT/auto_backends.json, ready to commit), so the step
+# variants below measure the table the numbers above would commit
+if [[ $HAS_GPU == 1 && -s $OUT/bench_ops.json ]]; then
+  cp progan_fast/ops/auto_backends.json "$OUT/auto_backends.json"
+  derived_inputs=("$OUT/bench_ops.json"); [[ -s $OUT/bench_layers.json ]] && derived_inputs+=("$OUT/bench_layers.json")
+  TAIL_LINES=14 stage auto_table 30 bash -c '"$0" -m bench.report convert "${@:2}" --out /tmp/progan_ops_layers.json \
+      --md /dev/null && "$0" -m bench.auto_table /tmp/progan_ops_layers.json --write --table "$1"' \
+    "$PY" "$OUT/auto_backends.json" "${derived_inputs[@]}"
+  if [[ ${STATUS[-1]} == "auto_table: ok" ]]; then
+    export PROGAN_FAST_AUTO_TABLE="$OUT/auto_backends.json"
+    say "impl='auto' follows $PROGAN_FAST_AUTO_TABLE from here on"
+  else
+    rm -f "$OUT/auto_backends.json"
+  fi
+fi
 stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
 
 # ---------------------------------------------------------------------------------- extras

@@ -35,8 +35,10 @@ _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_back
 # What `auto` runs on CUDA tensors: a preference order per GPU architecture and op, derived from
 # bench results by `python -m bench.auto_table RESULTS.json --write` (the rule and the source file
 # of every entry are recorded in auto_backends.json). Architectures or ops not listed run AUTO_DEFAULT_CUDA.
+# PROGAN_FAST_AUTO_TABLE=path reads another table (bench/gpu_check.sh: one derived earlier in the same run).
 AUTO_DEFAULT_CUDA: tuple[str, ...] = ("ref",)
-AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
+AUTO_TABLE_PATH = os.environ.get("PROGAN_FAST_AUTO_TABLE") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
 
 
 class Choice(NamedTuple):
