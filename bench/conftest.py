@@ -14,7 +14,7 @@ Environment knobs (all optional):
   PROGAN_BENCH_DEVICE=cpu     force the CPU profile on a GPU machine
   PROGAN_BENCH_THREADS=1      torch threads for the CPU profile
   PROGAN_BENCH_GRAPH_MAX_RES=16  the CUDA-graph step variant (fast_graph) up to this resolution
-  PROGAN_BENCH_GRAPH_OPS=0|1  op cases also as CUDA-graph replays, mode fwdbwd_graph (default: on with a GPU)
+  PROGAN_BENCH_GRAPH_OPS=0|1  op cases also as CUDA-graph replays, modes fwd_graph and fwdbwd_graph (default: on with a GPU)
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Settings:
     max_rounds: int = 200
     cpu_batch: int = 4
     graph_max_res: int = 16          # CUDA-graph step variant up to this resolution
-    graph_ops: bool = False          # op cases also timed as CUDA-graph replays (fwdbwd_graph mode, GPU)
+    graph_ops: bool = False          # op cases also timed as CUDA-graph replays (*_graph modes, GPU)
     extra_variants: bool = False     # fused_scale layer variants (full GPU runs)
     notes: list = field(default_factory=list)
 
@@ -181,14 +181,14 @@ def ceilings(request, settings) -> dict:
 
 def backend_cases(settings: Settings, names_at, graph_modes: bool = False) -> list:
     """pytest params (name, res, mode, backend) for every bench resolution, every name `names_at(res)`
-    yields there, fwd and fwdbwd (and fwdbwd_graph: the same work replayed from a CUDA graph, where
+    yields there, fwd and fwdbwd (and fwd_graph, fwdbwd_graph: the same work replayed from a CUDA graph, where
     `graph_modes` and the settings ask for it; not for compile), and every backend. torch.compile cases the settings exclude are
     dropped and the rest move to the end of the run, so a stage that runs out of time loses compile
     cases (seconds each to build) before anything else."""
     keep, compiled = [], []
     for res in settings.op_resolutions:
         for name in names_at(res):
-            modes = ("fwd", "fwdbwd") + (("fwdbwd_graph",) if graph_modes and settings.graph_ops else ())
+            modes = ("fwd", "fwdbwd") + (("fwd_graph", "fwdbwd_graph") if graph_modes and settings.graph_ops else ())
             for mode in modes:
                 for backend in BACKENDS:
                     if mode.endswith("_graph") and backend == "compile":

@@ -18,7 +18,7 @@
 # (bench/profile_step.py), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
-# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=75 T_BENCH_HOST=20
+# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
 # T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_PROFILE_STEP=50 T_CONV_LAYERS=50 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
@@ -136,7 +136,7 @@ fi
 export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py bench/test_auto_table.py -q -p no:cacheprovider
-stage bench_ops "${T_BENCH_OPS:-75}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
+stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
 # host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
 stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"

@@ -1,7 +1,8 @@
 """Per-op throughput: every fused op x backend (eager reference, torch.compile(reference), triton,
 cuda) x (forward, forward+backward), at the shapes the paper model runs at each resolution. On a
-GPU, forward+backward is also timed as a CUDA-graph replay (mode fwdbwd_graph): the device's time
-alone, without host dispatch - what an op costs inside a captured training step (--cuda-graph).
+GPU, both are also timed as CUDA-graph replays (modes fwd_graph, fwdbwd_graph): the device's time
+alone, without host dispatch - the kernels' real bandwidth, and what an op costs inside a captured
+training step (--cuda-graph).
 
 Shapes per training resolution r (batch B(r), c = channels of the block at r, bf16 on GPU):
   bias_act, bias_act_pixel_norm, pixel_norm   [B, c, r, r]          (D / G conv epilogues)
@@ -25,7 +26,7 @@ from .timing import graph_replay, run_case
 OPS = ("bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals",
        "lerp", "downsample2x")
 FADE_OPS = ("upsample_blend", "fade_reals", "lerp", "downsample2x")  # need r >= 8
-GRAPH_CALLS = 4  # calls per captured graph in fwdbwd_graph cases (amortizes the replay's own launch)
+GRAPH_CALLS = 4  # calls per captured graph in *_graph cases (amortizes the replay's own launch)
 
 
 def make_inputs(op: str, res: int, s, requires_grad: bool):

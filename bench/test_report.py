@@ -105,7 +105,7 @@ def test_graph_modes_only_where_asked_and_never_for_compile():
     assert not any("graph" in i for i in ids(backend_cases(s, lambda r: ["lerp"], graph_modes=True)))
     s.graph_ops = True
     got = ids(backend_cases(s, lambda r: ["lerp"], graph_modes=True))
-    assert "lerp-r8-fwdbwd_graph-triton" in got and "lerp-r8-fwdbwd_graph-ref" in got
+    assert "lerp-r8-fwdbwd_graph-triton" in got and "lerp-r8-fwdbwd_graph-ref" in got and "lerp-r8-fwd_graph-cuda" in got
     assert "lerp-r8-fwdbwd_graph-compile" not in got and "lerp-r8-fwdbwd-compile" in got
     assert not any("graph" in i for i in ids(backend_cases(s, lambda r: ["lerp"])))  # layers: never
 
