@@ -60,7 +60,10 @@ class KernelSet(Protocol):
 _defined: dict = {}
 
 
-# ----------------------------------------------------------------------------- validation (fake + real)
+# ----------------------------------------------------------------------------- validation
+# Each operator has a `<name>_check` (argument validation, shared by the real kernel and the fake)
+# and a `<name>_fake` (check + an empty output of the right shape, layout and dtype). The real call
+# runs the check only: an eager op call allocates no throwaway output.
 
 def _req(cond: bool, msg: str, exc=ValueError):
     if not cond:
@@ -224,27 +227,33 @@ def define_ops(namespace: str, kernels: KernelSet):
         O._add(name, customs[name], _eager_function(name, impls[name], backward, setup))
 
     # --- bias_act ------------------------------------------------------------
-    def bias_act_fake(x, b, act, slope, gain, dim):
+    def bias_act_check(x, b, act, slope, gain, dim):
         _v_act("bias_act", act)
         _req(0 <= dim < x.dim(), f"progan_fast.bias_act: dim {dim} out of range for {x.dim()}-D input")
         _v_bias("bias_act", x, b, dim)
+
+    def bias_act_fake(x, b, act, slope, gain, dim):
+        bias_act_check(x, b, act, slope, gain, dim)
         return torch.empty_like(x)
 
     @op("bias_act", bias_act_fake)
     def bias_act(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float, dim: int) -> Tensor:
-        bias_act_fake(x, b, act, slope, gain, dim)
+        bias_act_check(x, b, act, slope, gain, dim)
         return k.bias_act(x, b, act, slope, gain, dim)
 
-    def bias_act_grad_fake(dy, y, act, slope, gain):
+    def bias_act_grad_check(dy, y, act, slope, gain):
         _v_act("bias_act_grad", act)
         _req(y is not None or act == "linear", "progan_fast.bias_act_grad: y is required unless act='linear'")
         if y is not None:
             _req(y.shape == dy.shape, f"progan_fast.bias_act_grad: dy {tuple(dy.shape)} vs y {tuple(y.shape)}")
+
+    def bias_act_grad_fake(dy, y, act, slope, gain):
+        bias_act_grad_check(dy, y, act, slope, gain)
         return torch.empty_like(dy)
 
     @op("bias_act_grad", bias_act_grad_fake)
     def bias_act_grad(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float) -> Tensor:
-        bias_act_grad_fake(dy, y, act, slope, gain)
+        bias_act_grad_check(dy, y, act, slope, gain)
         return k.bias_act_grad(dy, y, act, slope, gain)
 
     def bias_act_setup(ctx, inputs, output):
@@ -279,16 +288,19 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("bias_act_grad", bias_act_grad_bwd, bias_act_grad_setup)
 
     if fused_db:
-        def bias_act_grad_db_fake(dy, y, act, slope, gain, dim):
-            bias_act_grad_fake(dy, y, act, slope, gain)
+        def bias_act_grad_db_check(dy, y, act, slope, gain, dim):
+            bias_act_grad_check(dy, y, act, slope, gain)
             _req(0 <= dim < dy.dim(), f"progan_fast.bias_act_grad_db: dim {dim} out of range for {dy.dim()}-D dy")
+
+        def bias_act_grad_db_fake(dy, y, act, slope, gain, dim):
+            bias_act_grad_db_check(dy, y, act, slope, gain, dim)
             acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
             return torch.empty_like(dy), dy.new_empty((dy.shape[dim],), dtype=acc)
 
         @op("bias_act_grad_db", bias_act_grad_db_fake)
         def bias_act_grad_db(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float,
                              dim: int) -> tuple[Tensor, Tensor]:
-            bias_act_grad_db_fake(dy, y, act, slope, gain, dim)
+            bias_act_grad_db_check(dy, y, act, slope, gain, dim)
             return k.bias_act_grad_db(dy, y, act, slope, gain, dim)
 
         def bias_act_grad_db_setup(ctx, inputs, output):
@@ -308,22 +320,28 @@ def define_ops(namespace: str, kernels: KernelSet):
         autograd("bias_act_grad_db", bias_act_grad_db_bwd, bias_act_grad_db_setup)
 
     # --- pixel_norm -----------------------------------------------------------
-    def pixel_norm_fake(x, eps, dim):
+    def pixel_norm_check(x, eps, dim):
         _req(0 <= dim < x.dim(), f"progan_fast.pixel_norm: dim {dim} out of range for {x.dim()}-D input")
+
+    def pixel_norm_fake(x, eps, dim):
+        pixel_norm_check(x, eps, dim)
         return torch.empty_like(x)
 
     @op("pixel_norm", pixel_norm_fake)
     def pixel_norm(x: Tensor, eps: float, dim: int) -> Tensor:
-        pixel_norm_fake(x, eps, dim)
+        pixel_norm_check(x, eps, dim)
         return k.pixel_norm(x, eps, dim)
 
-    def pixel_norm_grad_fake(dy, x, eps, dim):
+    def pixel_norm_grad_check(dy, x, eps, dim):
         _v_same("pixel_norm_grad", dy, x, "dy/x shape")
+
+    def pixel_norm_grad_fake(dy, x, eps, dim):
+        pixel_norm_grad_check(dy, x, eps, dim)
         return torch.empty_like(x)
 
     @op("pixel_norm_grad", pixel_norm_grad_fake)
     def pixel_norm_grad(dy: Tensor, x: Tensor, eps: float, dim: int) -> Tensor:
-        pixel_norm_grad_fake(dy, x, eps, dim)
+        pixel_norm_grad_check(dy, x, eps, dim)
         return k.pixel_norm_grad(dy, x, eps, dim)
 
     pixel_norm_setup = _save_leading(1)
@@ -348,27 +366,33 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("pixel_norm_grad", pixel_norm_grad_bwd, pixel_norm_grad_setup)
 
     # --- bias_act_pixel_norm (G's conv epilogue) --------------------------------
-    def bapn_fake(x, b, act, slope, gain, eps):
+    def bapn_check(x, b, act, slope, gain, eps):
         _v_4d("bias_act_pixel_norm", "x", x)
         _v_act("bias_act_pixel_norm", act)
         _v_bias("bias_act_pixel_norm", x, b, 1)
+
+    def bapn_fake(x, b, act, slope, gain, eps):
+        bapn_check(x, b, act, slope, gain, eps)
         return torch.empty_like(x)
 
     @op("bias_act_pixel_norm", bapn_fake)
     def bias_act_pixel_norm(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float,
                             eps: float) -> Tensor:
-        bapn_fake(x, b, act, slope, gain, eps)
+        bapn_check(x, b, act, slope, gain, eps)
         return k.bias_act_pixel_norm(x, b, act, slope, gain, eps)
 
-    def bapn_grad_fake(dy, x, b, act, slope, gain, eps):
+    def bapn_grad_check(dy, x, b, act, slope, gain, eps):
         _v_same("bias_act_pixel_norm_grad", dy, x, "dy/x shape")
-        bapn_fake(x, b, act, slope, gain, eps)
+        bapn_check(x, b, act, slope, gain, eps)
+
+    def bapn_grad_fake(dy, x, b, act, slope, gain, eps):
+        bapn_grad_check(dy, x, b, act, slope, gain, eps)
         return torch.empty_like(x)
 
     @op("bias_act_pixel_norm_grad", bapn_grad_fake)
     def bias_act_pixel_norm_grad(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
                                  gain: float, eps: float) -> Tensor:
-        bapn_grad_fake(dy, x, b, act, slope, gain, eps)
+        bapn_grad_check(dy, x, b, act, slope, gain, eps)
         return k.bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps)
 
     bapn_setup = _save_leading(2)
@@ -402,16 +426,19 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("bias_act_pixel_norm_grad", bapn_grad_bwd, bapn_grad_setup)
 
     if bapn_fused_db:
-        def bapn_grad_db_fake(dy, x, b, act, slope, gain, eps):
-            bapn_grad_fake(dy, x, b, act, slope, gain, eps)
+        def bapn_grad_db_check(dy, x, b, act, slope, gain, eps):
+            bapn_grad_check(dy, x, b, act, slope, gain, eps)
             _req(b is not None, "progan_fast.bias_act_pixel_norm_grad_db: needs the bias b")
+
+        def bapn_grad_db_fake(dy, x, b, act, slope, gain, eps):
+            bapn_grad_db_check(dy, x, b, act, slope, gain, eps)
             acc = torch.float64 if x.dtype == torch.float64 else torch.float32
             return torch.empty_like(x), x.new_empty((x.shape[1],), dtype=acc)
 
         @op("bias_act_pixel_norm_grad_db", bapn_grad_db_fake)
         def bias_act_pixel_norm_grad_db(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
                                         gain: float, eps: float) -> tuple[Tensor, Tensor]:
-            bapn_grad_db_fake(dy, x, b, act, slope, gain, eps)
+            bapn_grad_db_check(dy, x, b, act, slope, gain, eps)
             return k.bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps)
 
         def bapn_grad_db_bwd(ctx, gdx, gdb):
@@ -422,26 +449,32 @@ def define_ops(namespace: str, kernels: KernelSet):
         autograd("bias_act_pixel_norm_grad_db", bapn_grad_db_bwd, bapn_grad_setup)
 
     # --- minibatch_stddev ---------------------------------------------------------
-    def mbstd_fake(x, group_size, eps):
+    def mbstd_check(x, group_size, eps):
         _v_group("minibatch_stddev", x, group_size)
+
+    def mbstd_fake(x, group_size, eps):
+        mbstd_check(x, group_size, eps)
         n, c, h, w = x.shape
         return empty_4d((n, c + 1, h, w), x)
 
     @op("minibatch_stddev", mbstd_fake)
     def minibatch_stddev(x: Tensor, group_size: int, eps: float) -> Tensor:
-        mbstd_fake(x, group_size, eps)
+        mbstd_check(x, group_size, eps)
         return k.minibatch_stddev(x, group_size, eps)
 
-    def mbstd_grad_fake(dy, x, group_size, eps):
+    def mbstd_grad_check(dy, x, group_size, eps):
         _v_group("minibatch_stddev_grad", x, group_size)
         n, c, h, w = x.shape
         _req(tuple(dy.shape) == (n, c + 1, h, w),
              f"progan_fast.minibatch_stddev_grad: dy must be {(n, c + 1, h, w)}, got {tuple(dy.shape)}")
+
+    def mbstd_grad_fake(dy, x, group_size, eps):
+        mbstd_grad_check(dy, x, group_size, eps)
         return torch.empty_like(x)
 
     @op("minibatch_stddev_grad", mbstd_grad_fake)
     def minibatch_stddev_grad(dy: Tensor, x: Tensor, group_size: int, eps: float) -> Tensor:
-        mbstd_grad_fake(dy, x, group_size, eps)
+        mbstd_grad_check(dy, x, group_size, eps)
         return k.minibatch_stddev_grad(dy, x, group_size, eps)
 
     mbstd_setup = _save_leading(1)
@@ -462,23 +495,29 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("minibatch_stddev_grad", mbstd_grad_bwd, mbstd_grad_setup)
 
     # --- lerp ---------------------------------------------------------------------
-    def lerp_fake(a, b, alpha_t, alpha):
+    def lerp_check(a, b, alpha_t, alpha):
         _v_same("lerp", a, b)
         _v_alpha("lerp", alpha_t)
+
+    def lerp_fake(a, b, alpha_t, alpha):
+        lerp_check(a, b, alpha_t, alpha)
         return torch.empty_like(a)
 
     @op("lerp", lerp_fake)
     def lerp(a: Tensor, b: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        lerp_fake(a, b, alpha_t, alpha)
+        lerp_check(a, b, alpha_t, alpha)
         return k.lerp(a, b, alpha_t, alpha)
 
-    def lerp_grad_fake(g, alpha_t, alpha):
+    def lerp_grad_check(g, alpha_t, alpha):
         _v_alpha("lerp_grad", alpha_t)
+
+    def lerp_grad_fake(g, alpha_t, alpha):
+        lerp_grad_check(g, alpha_t, alpha)
         return torch.empty_like(g), torch.empty_like(g)
 
     @op("lerp_grad", lerp_grad_fake)
     def lerp_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
-        lerp_grad_fake(g, alpha_t, alpha)
+        lerp_grad_check(g, alpha_t, alpha)
         return k.lerp_grad(g, alpha_t, alpha)
 
     def alpha_setup(ctx, inputs, output):
@@ -501,26 +540,32 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("lerp_grad", lerp_grad_bwd, alpha_setup)
 
     # --- upsample_blend (G's fade-in) -------------------------------------------------
-    def ub_fake(hi, lo, alpha_t, alpha):
+    def ub_check(hi, lo, alpha_t, alpha):
         _v_half("upsample_blend", hi, lo)
         _req(hi.dtype == lo.dtype, f"progan_fast.upsample_blend: hi is {hi.dtype} but lo is {lo.dtype}")
         _v_alpha("upsample_blend", alpha_t)
+
+    def ub_fake(hi, lo, alpha_t, alpha):
+        ub_check(hi, lo, alpha_t, alpha)
         return torch.empty_like(hi)
 
     @op("upsample_blend", ub_fake)
     def upsample_blend(hi: Tensor, lo: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        ub_fake(hi, lo, alpha_t, alpha)
+        ub_check(hi, lo, alpha_t, alpha)
         return k.upsample_blend(hi, lo, alpha_t, alpha)
 
-    def ub_grad_fake(g, alpha_t, alpha):
+    def ub_grad_check(g, alpha_t, alpha):
         _v_4d("upsample_blend_grad", "g", g)
         _v_alpha("upsample_blend_grad", alpha_t)
+
+    def ub_grad_fake(g, alpha_t, alpha):
+        ub_grad_check(g, alpha_t, alpha)
         n, c, h, w = g.shape
         return torch.empty_like(g), empty_4d((n, c, h // 2, w // 2), g)
 
     @op("upsample_blend_grad", ub_grad_fake)
     def upsample_blend_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
-        ub_grad_fake(g, alpha_t, alpha)
+        ub_grad_check(g, alpha_t, alpha)
         return k.upsample_blend_grad(g, alpha_t, alpha)
 
     def ub_bwd(ctx, g):
@@ -539,16 +584,19 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("upsample_blend_grad", ub_grad_bwd, alpha_setup)
 
     # --- fade_reals (self-adjoint) ------------------------------------------------------
-    def fade_fake(x, alpha_t, alpha):
+    def fade_check(x, alpha_t, alpha):
         _v_4d("fade_reals", "x", x)
         _req(x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0,
              f"progan_fast.fade_reals: H and W must be even, got {tuple(x.shape)}")
         _v_alpha("fade_reals", alpha_t)
+
+    def fade_fake(x, alpha_t, alpha):
+        fade_check(x, alpha_t, alpha)
         return torch.empty_like(x)
 
     @op("fade_reals", fade_fake)
     def fade_reals(x: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        fade_fake(x, alpha_t, alpha)
+        fade_check(x, alpha_t, alpha)
         return k.fade_reals(x, alpha_t, alpha)
 
     def fade_bwd(ctx, g):
@@ -559,25 +607,32 @@ def define_ops(namespace: str, kernels: KernelSet):
     autograd("fade_reals", fade_bwd, alpha_setup)
 
     # --- downsample2x <-> downsample2x_grad (adjoint pair) ------------------------------------
-    def down_fake(x):
+    def down_check(x):
         _v_4d("downsample2x", "x", x)
         n, c, h, w = x.shape
         _req(h % 2 == 0 and w % 2 == 0, f"progan_fast.downsample2x: H and W must be even, got {tuple(x.shape)}")
+
+    def down_fake(x):
+        down_check(x)
+        n, c, h, w = x.shape
         return empty_4d((n, c, h // 2, w // 2), x)
 
     @op("downsample2x", down_fake)
     def downsample2x(x: Tensor) -> Tensor:
-        down_fake(x)
+        down_check(x)
         return k.downsample2x(x)
 
-    def down_grad_fake(g):
+    def down_grad_check(g):
         _v_4d("downsample2x_grad", "g", g)
+
+    def down_grad_fake(g):
+        down_grad_check(g)
         n, c, h, w = g.shape
         return empty_4d((n, c, h * 2, w * 2), g)
 
     @op("downsample2x_grad", down_grad_fake)
     def downsample2x_grad(g: Tensor) -> Tensor:
-        down_grad_fake(g)
+        down_grad_check(g)
         return k.downsample2x_grad(g)
 
     autograd("downsample2x", lambda ctx, g: O.downsample2x_grad(g))
