@@ -142,6 +142,33 @@ void bias_act_grad(const Tensor& dy, const OptT& y, const Tensor& dx, int64_t ac
          std::nullopt, 0.0);
 }
 
+// (dx, partial bias sums) in one pass: dy, y and dx dense with equal strides and the bias dim `dim`
+// of unit stride; part [ceil((numel / C) / rows_per_block), C] in the accumulation dtype.
+void bias_act_grad_db(const Tensor& dy, const OptT& y, const Tensor& dx, const Tensor& part, int64_t act,
+                      double slope, double gain, int64_t dim, int64_t rows_per_block) {
+  const char* op = "bias_act_grad_db";
+  check(op, "dy", dy);
+  check_like(op, "dx", dx, dy);
+  check_act(op, act);
+  check_dim(op, dy, dim);
+  TORCH_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad_db: y is required unless act is linear");
+  Tensor yy = act == 0 ? Tensor() : *y;
+  if (yy.defined()) check_like(op, "y", yy, dy);
+  TORCH_CHECK(dy.is_non_overlapping_and_dense() && dy.stride(dim) == 1 && dx.strides() == dy.strides() &&
+              (!yy.defined() || yy.strides() == dy.strides()),
+              "progan_fast._C.bias_act_grad_db: dy, y and dx must be dense with equal strides and unit stride along dim ",
+              dim, " (e.g. channels_last with dim 1)");
+  TORCH_CHECK(rows_per_block >= 1, "progan_fast._C.bias_act_grad_db: rows_per_block must be >= 1");
+  const int64_t cols = dy.size(dim);
+  const int64_t rows = cols ? dy.numel() / cols : 0;
+  const at::ScalarType acc = dy.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  check(op, "part", part, &dy, /*same_dtype=*/false);
+  TORCH_CHECK(part.scalar_type() == acc && part.is_contiguous(), "progan_fast._C.bias_act_grad_db: part must be a "
+              "contiguous ", acc, " tensor");
+  check_shape(op, "part", part, {(rows + rows_per_block - 1) / rows_per_block, cols});
+  PF_RUN(dy, bias_grad_cols, dy, yy, dx, part, cols, rows_per_block, int(act), slope, gain);
+}
+
 void lerp_fn(const Tensor& a, const Tensor& b, const OptT& alpha_t, double alpha, const Tensor& y) {
   check("lerp", "a", a);
   check("lerp", "b", b, &a);
@@ -291,6 +318,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_act", &bias_act, "y = act(x + b) * gain", "x"_a, "b"_a, "y"_a, "act"_a, "slope"_a, "gain"_a, "dim"_a);
   m.def("bias_act_grad", &bias_act_grad, "dx = dy * gain * act'(from y)", "dy"_a, "y"_a, "dx"_a, "act"_a, "slope"_a,
         "gain"_a);
+  m.def("bias_act_grad_db", &bias_act_grad_db, "dx as bias_act_grad, and the partial bias sums of dx per row block",
+        "dy"_a, "y"_a, "dx"_a, "part"_a, "act"_a, "slope"_a, "gain"_a, "dim"_a, "rows_per_block"_a);
   m.def("lerp", &lerp_fn, "y = a + (b - a) * alpha", "a"_a, "b"_a, "alpha_t"_a, "alpha"_a, "y"_a);
   m.def("lerp_grad", &lerp_grad, "(da, db) = (g * (1 - alpha), g * alpha)", "g"_a, "alpha_t"_a, "alpha"_a, "da"_a,
         "db"_a);

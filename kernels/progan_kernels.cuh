@@ -231,6 +231,32 @@ PF_KERNEL void ew_nd_kernel(EwArgs<T> a, NdGeom g, int64_t n, bool small) {
   }
 }
 
+// The bias-act gradient with its bias gradient in the same pass, for operands laid out as dense
+// [rows x cols] with the bias along the unit-stride cols (channels_last activations, 2-D [N, C]).
+// Work item t = (row block rb, column c): dx over the block's rows, and the sum of those dx values
+// (before rounding to T) into part[rb * cols + c]. Adjacent items are adjacent columns, so every
+// load and store stays coalesced; the caller sums part over the blocks (deterministic, no atomics).
+template <typename T>
+PF_KERNEL void bias_grad_cols_kernel(const T* dy, const T* y, T* dx, acc_t<T>* part, int64_t rows, int64_t cols,
+                                     int64_t rows_per_block, int act, acc_t<T> slope, acc_t<T> gain) {
+  using A = acc_t<T>;
+  const int64_t nblocks = (rows + rows_per_block - 1) / rows_per_block;
+  PF_FOR(t, nblocks * cols) {
+    const int64_t rb = t / cols;
+    const int64_t c = t - rb * cols;
+    const int64_t r1 = (rb + 1) * rows_per_block < rows ? (rb + 1) * rows_per_block : rows;
+    A acc = A(0);
+    for (int64_t r = rb * rows_per_block; r < r1; ++r) {
+      const int64_t i = r * cols + c;
+      const A yv = y ? static_cast<A>(y[i]) : A(0);
+      const A d = act_grad(static_cast<A>(dy[i]) * gain, yv * gain > A(0), act, slope);  // as EW_BIAS_ACT_GRAD
+      dx[i] = static_cast<T>(d);
+      acc += d;
+    }
+    part[t] = acc;
+  }
+}
+
 // ----------------------------------------------------------------------------- 2x2 resampling
 // One kernel for every 2x2 op, iterating over the low-resolution grid; each low-res position owns a
 // 2x2 quad of high-res taps. Dims are ordered by the high-res tensor's layout; hi strides are doubled
@@ -598,6 +624,22 @@ inline void elementwise(int op, const Tensor& in0, const Tensor& in1, const Tens
       g.stride[4][k] = (bb.defined() && d == dim) ? bb.stride(0) : 0;
     }
     launch(ew_nd_kernel<scalar_t>, out0.numel(), a, g, out0.numel(), small);
+  });
+}
+
+// dx = bias_act_grad(dy, y) and part[rb, c] = its fp32 sums over row blocks of `rows_per_block`
+// (bias_grad_cols_kernel). The caller guarantees dy, y (optional), dx dense with equal strides and
+// the bias dim of unit stride, so memory is [numel / cols x cols]; part is [ceil(rows / rpb), cols].
+inline void bias_grad_cols(const Tensor& dy, const Tensor& y, const Tensor& dx, const Tensor& part, int64_t cols,
+                           int64_t rows_per_block, int act, double slope, double gain) {
+  PF_GUARD(dx);
+  if (dx.numel() == 0) return;
+  const int64_t rows = dx.numel() / cols;
+  const int64_t nblocks = (rows + rows_per_block - 1) / rows_per_block;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dx.scalar_type(), "progan_fast_bias_grad_cols", [&] {
+    using A = acc_t<scalar_t>;
+    launch(bias_grad_cols_kernel<scalar_t>, nblocks * cols, cptr<scalar_t>(dy), cptr<scalar_t>(y),
+           mptr<scalar_t>(dx), mptr<A>(part), rows, cols, rows_per_block, act, A(slope), A(gain));
   });
 }
 

@@ -12,6 +12,11 @@ void elementwise(int op, const Tensor& in0, const Tensor& in1, const Tensor& out
   gpu::elementwise(op, in0, in1, out0, out1, bias, dim, act, slope, gain, alpha_t, alpha);
 }
 
+void bias_grad_cols(const Tensor& dy, const Tensor& y, const Tensor& dx, const Tensor& part, int64_t cols,
+                    int64_t rows_per_block, int act, double slope, double gain) {
+  gpu::bias_grad_cols(dy, y, dx, part, cols, rows_per_block, act, slope, gain);
+}
+
 void quad(int mode, const Tensor& hi_in, const Tensor& lo_in, const Tensor& hi_out, const Tensor& lo_out,
           const std::optional<Tensor>& alpha_t, double alpha) {
   gpu::quad(mode, hi_in, lo_in, hi_out, lo_out, alpha_t, alpha);

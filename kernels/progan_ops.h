@@ -14,6 +14,8 @@ using at::Tensor;
 void elementwise(int op, const Tensor& in0, const Tensor& in1, const Tensor& out0, const Tensor& out1,
                  const std::optional<Tensor>& bias, int64_t dim, int act, double slope, double gain,
                  const std::optional<Tensor>& alpha_t, double alpha);
+void bias_grad_cols(const Tensor& dy, const Tensor& y, const Tensor& dx, const Tensor& part, int64_t cols,
+                    int64_t rows_per_block, int act, double slope, double gain);
 void quad(int mode, const Tensor& hi_in, const Tensor& lo_in, const Tensor& hi_out, const Tensor& lo_out,
           const std::optional<Tensor>& alpha_t, double alpha);
 void pixel_norm(const Tensor& x, const Tensor& dy, const std::optional<Tensor>& bias, const Tensor& out, int64_t dim,

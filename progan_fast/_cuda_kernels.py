@@ -10,8 +10,11 @@ from __future__ import annotations
 import torch
 
 from .triton._layout import empty_4d
+from .triton.library import sum_except
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2}
+# bias_act_grad_db: rows of dx summed per partial row (the partials are 1/BIAS_ROWS of dx; untuned)
+BIAS_ROWS = 64
 _C = None
 
 
@@ -36,6 +39,26 @@ def bias_act_grad(dy, y, act, slope, gain):
     dx = torch.empty_like(dy)
     _ext().bias_act_grad(dy, y, dx, ACT_CODES[act], float(slope), float(gain))  # the extension ignores y for linear
     return dx
+
+
+def bias_act_grad_db(dy, y, act, slope, gain, dim):
+    """(dx, db): bias_act_grad plus db = the sum of dx over every dim but `dim`, in fp32 (fp64 for fp64).
+    Where the bias dim has unit stride in dense operands (channels_last, 2-D [N, C]) one kernel writes
+    dx and per-row-block partial sums of it, so dx is not read a second time; elsewhere (NCHW) the
+    plain kernel and a torch sum."""
+    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    yy = y if ACT_CODES[act] != 0 else None
+    cols = dy.shape[dim]
+    rows_by_cols = ((dim == dy.dim() - 1 and dy.is_contiguous())  # [..., C] row-major
+                    or (dy.dim() == 4 and dim == 1 and dy.is_contiguous(memory_format=torch.channels_last)))
+    if dy.numel() == 0 or cols < 2 or not rows_by_cols or (yy is not None and yy.stride() != dy.stride()):
+        dx = bias_act_grad(dy, y, act, slope, gain)
+        return dx, sum_except(dx, dim, acc)
+    dx = torch.empty_like(dy)
+    rows = dy.numel() // cols
+    part = torch.empty(((rows + BIAS_ROWS - 1) // BIAS_ROWS, cols), dtype=acc, device=dy.device)
+    _ext().bias_act_grad_db(dy, yy, dx, part, ACT_CODES[act], float(slope), float(gain), int(dim), BIAS_ROWS)
+    return dx, part.sum(0)
 
 
 def pixel_norm(x, eps, dim):

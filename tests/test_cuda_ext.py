@@ -398,6 +398,57 @@ def test_expanded_grad_and_sliced_input():
         _close(x.grad, xr.grad, TOL[torch.float32], f"{name}: grad from an expanded upstream gradient")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, layout, act", [
+    ((3, 5, 7, 3), "nhwc", "lrelu"), ((4, 130, 3, 3), "nhwc", "linear"), ((6, 9), "2d", "lrelu"),
+    ((3, 5, 7, 3), "nchw", "lrelu"),   # bias dim not unit-stride: the plain kernel and a torch sum
+    ((2, 1, 3, 3), "nhwc", "lrelu")])  # one channel: the same fallback
+@pytest.mark.parametrize("rows_per_block", [64, 4])
+def test_bias_gradient_summed_with_dx(shape, layout, act, dtype, rows_per_block, monkeypatch):
+    """bias_act_grad_db: dx equals bias_act_grad's bit for bit, db equals the sum of dx over the
+    non-bias dims (the kernel sums the fp32 values before rounding: within rounding of the storage
+    dtype), for one and for several (ragged) row blocks."""
+    _backend_module()
+    from progan_fast import _cuda_kernels as K
+    monkeypatch.setattr(K, "BIAS_ROWS", rows_per_block)
+    x = rand(*shape).to(dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = reference.bias_act(x, None, act=act, slope=0.2, gain=1.4)
+    dy = torch.randn_like(x)
+    dx, db = K.bias_act_grad_db(dy, y, act, 0.2, 1.4, 1)
+    want = K.bias_act_grad(dy, y, act, 0.2, 1.4)
+    assert torch.equal(dx, want) and dx.stride() == want.stride()
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert db.dtype == acc
+    _close(db, want.to(acc).sum([d for d in range(x.dim()) if d != 1]), TOL2.get(dtype, TOL[dtype]),
+           "db against the sum of dx")
+
+
+def test_bias_gradient_op_passes_opcheck():
+    """torch.ops.progan_fast_cuda.bias_act_grad_db: schema, fake (output strides included) and autograd
+    registration agree with the kernel."""
+    _backend_module()
+    dy = rand(3, 5, 4, 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = rand(3, 5, 4, 2).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.progan_fast_cuda.bias_act_grad_db, (dy, y, "lrelu", 0.2, 1.4, 1),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_bias_gradient_kernel_checks_its_layout():
+    cb = _backend_module()
+    C = cb._C
+    x = rand(4, 6, 3, 3)  # NCHW: channels are not the unit-stride dim
+    part = torch.empty(1, 6, device=DEVICE)
+    with pytest.raises(RuntimeError, match="unit stride along dim 1"):
+        C.bias_act_grad_db(x, x, torch.empty_like(x), part, 2, 0.2, 1.0, 1, 64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match=r"part must have shape \[1, 6\]"):
+        C.bias_act_grad_db(x, x, torch.empty_like(x), torch.empty(2, 6, device=DEVICE), 2, 0.2, 1.0, 1, 64)
+    with pytest.raises(RuntimeError, match="part must be a contiguous Float"):
+        C.bias_act_grad_db(x, x, torch.empty_like(x), part.double(), 2, 0.2, 1.0, 1, 64)
+
+
 def test_bad_input_errors():
     cb = _backend_module()
     C = cb._C
