@@ -106,13 +106,16 @@ if [[ $HAS_GPU == 1 && ${PROGAN_CHECK_KEEP_CUDA:-0} != 1 ]] && \
   say "progan_fast._C is not built: PROGAN_FAST_DISABLE_CUDA=1 for the rest of this run"
   STATUS+=("cuda backend: disabled (no built extension)")
 fi
-TAIL_LINES=3 stage backends 30 "$PY" -c "
+TAIL_LINES=4 stage backends 30 "$PY" -c "
 import progan_fast
 from progan_fast import ops
 print('progan_fast', progan_fast.__version__, 'from', progan_fast.__file__)
 print('backends:', ops.available_backends())
 for b in ('triton', 'cuda'):
-    print(f'  {b}:', ops.backend_error(b) or 'ok')"
+    print(f'  {b}:', ops.backend_error(b) or 'ok')
+import torch
+if torch.cuda.is_available():
+    print('impl=auto on this GPU:', ops.describe(torch.device('cuda', 0)))"
 
 # ---------------------------------------------------------------------------------- tests
 if [[ $HAS_GPU == 1 ]]; then
