@@ -17,8 +17,13 @@ cuda) with the eager reference measured in the same run:
   aten calls; one threshold per op captures that. A backend that qualifies from the smallest size
   on gets a plain entry ("triton"), as before; otherwise a conditional one
   ({"backend": "triton", "min_numel": N}, plus "layer" for eq_conv2d);
-- the preference list is the qualifying entries, the cheapest relative to the reference first, then
-  "ref" (always the last fallback). Nothing qualifies: ["ref"].
+- the preference list is the qualifying entries, the cheapest relative to the reference first
+  (compared on the cases they all cover: from the largest of their thresholds on), then, for
+  eq_conv2d, a "ref" entry per measured layer kind (that kind's decision is the layer bench's, not
+  the epilogue op's), then "ref" (always the last fallback). Nothing qualifies: ["ref"]. Note that a
+  threshold covers every size from N on, measured or not: with the paper schedule many resolutions
+  share one element count (G's 3x3 convs see 33.5M elements from 32 to 512 px), so a quick run
+  that measures 8 and 128 px decides for 32-512 px from the 128-px case.
 
 The same rule on the CUDA-graph cases (mode fwdbwd_graph: device time without host dispatch) gives
 a second list per op, "graph_ops", which `auto` follows inside a captured training step
@@ -115,16 +120,19 @@ def _scope(keys) -> str:
 def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: str = "fwdbwd") -> dict:
     """{op: {"order": [...], "cost_us_per_img": {group: {backend: cost}}, "why": str}} from one results
     document's `mode` cases (fwdbwd: eager calls; fwdbwd_graph: CUDA-graph replays). An order entry
-    is a backend name or {"backend", "min_numel"[, "layer"]}."""
+    is a backend name or {"backend", "min_numel"[, "layer"]}. Every eq_conv2d layer kind measured also
+    gets a {"backend": "ref", "layer": kind} entry after its qualifying ones: the layer measurement
+    decides that kind, and the epilogue's own list does not reroute it (ops.eq_conv2d)."""
     table: dict = {}
     groups = _group_cases(results, mode)
     for (op, layer), by_backend in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         ref = by_backend.get("ref")
         if not ref:
             continue
-        entry = table.setdefault(op, {"choices": [], "cost_us_per_img": {}, "why": []})
+        entry = table.setdefault(op, {"choices": [], "pins": [], "cost_us_per_img": {}, "why": []})
         group = layer or op
         costs = {"ref": round(sum(v for _, v in ref.values()) * 1e3, 4)}
+        qualified = []
         for backend in RUNTIME_BACKENDS:
             cases = by_backend.get(backend)
             if not cases:
@@ -132,19 +140,28 @@ def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: s
             if not set(ref) - set(cases):
                 costs[backend] = round(sum(cases[k][1] for k in ref) * 1e3, 4)
             min_numel, ratio, note = _threshold(ref, cases, tolerance, margin)
+            if min_numel:
+                note += f" (from {min_numel} elements on, measured or not)"
             entry["why"].append(f"{group + ': ' if layer else ''}{backend}: {note}")
-            if min_numel is None:
-                continue
+            if min_numel is not None:
+                qualified.append((backend, min_numel, cases))
+        # rank the group's qualifying backends on the cases they all cover (the largest threshold on)
+        common = max((m for _, m, _ in qualified), default=0)
+        keys = [k for k, (n, _) in ref.items() if (n or 0) >= common]
+        ref_common = sum(ref[k][1] for k in keys)
+        for backend, min_numel, cases in qualified:
             if layer is None and min_numel == 0:
                 choice = backend
             else:
                 choice = {"backend": backend, "min_numel": min_numel}
                 if layer is not None:
                     choice["layer"] = layer
-            entry["choices"].append((ratio, choice))
+            entry["choices"].append((sum(cases[k][1] for k in keys) / ref_common, choice))
+        if layer is not None:
+            entry["pins"].append({"backend": "ref", "min_numel": 0, "layer": layer})
         entry["cost_us_per_img"][group] = costs
     for op, entry in table.items():
-        entry["order"] = [c for _, c in sorted(entry.pop("choices"), key=lambda rc: rc[0])] + ["ref"]
+        entry["order"] = [c for _, c in sorted(entry.pop("choices"), key=lambda rc: rc[0])] + entry.pop("pins") + ["ref"]
         if list(entry["cost_us_per_img"]) == [op]:
             entry["cost_us_per_img"] = entry["cost_us_per_img"][op]
         entry["why"] = "; ".join(entry["why"]) or "no other backend measured"
@@ -180,6 +197,8 @@ def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PAT
         "source": source,
         "device": env.get("device"), "torch": env.get("torch"), "triton": env.get("triton"),
         "git_commit": env.get("git_commit"), "date": env.get("date"),
+        # the Triton eq_conv2d the layer cases measured: cuDNN conv + fused epilogue, or igemm
+        "triton_conv": env.get("triton_conv", "epilogue"),
         "rule": f"fwdbwd time per image summed over the measured cases with numel >= the smallest qualifying "
                 f"threshold (per eq_conv2d layer kind); never > {tolerance:.0%} slower than ref in any of them, "
                 f">= {margin:.0%} cheaper in total",

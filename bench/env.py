@@ -54,6 +54,8 @@ def collect() -> dict:
         info["backends"] = progan_fast.ops.available_backends()
         from progan_fast.ops import _backend
         info["auto_table"] = os.path.relpath(_backend.AUTO_TABLE_PATH)  # which table impl='auto' followed
+        # which Triton conv layer the "triton" eq_conv2d cases measured (progan_fast/triton/__init__.py)
+        info["triton_conv"] = os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue")
     except Exception as exc:
         info["progan_fast"] = f"unavailable: {exc}"
     if torch.cuda.is_available():

@@ -4,9 +4,11 @@
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
 # Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
-# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers / data + train step
-# (quick mode, one pytest-benchmark JSON each) -> step profile -> conv layer timings, trainer smoke runs (eager and
-# --cuda-graph) -> bench/report.py (results.json, results.md, compare against bench/results/) -> the
+# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers
+# (quick mode, one pytest-benchmark JSON each) -> the impl='auto' table they imply -> bench data +
+# train step under that table -> trainer smoke run with --cuda-graph -> step profile -> conv layer
+# timings -> eager trainer smoke run -> bench/report.py (results.json, results.md, compare against
+# bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
 # so the whole script ends inside 8 minutes); a stage that runs out gets SIGINT first (pytest then still
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
@@ -19,7 +21,7 @@
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
-# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_PROFILE_STEP=50 T_CONV_LAYERS=50 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
+# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_PROFILE_STEP=45 T_CONV_LAYERS=50 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -144,8 +146,9 @@ stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${
 stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 # impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
-# copied, this GPU's architecture replaced; $OUT/auto_backends.json, ready to commit), so the step
-# variants below measure the table the numbers above would commit
+# copied, this GPU's architecture replaced: $OUT/auto_backends.json), so the step variants below
+# measure the table these numbers imply (to commit it, re-derive it from the saved results file:
+# python -m bench.auto_table bench/results/<saved>.json --write, which records that file as the source)
 if [[ $HAS_GPU == 1 && -s $OUT/bench_ops.json ]]; then
   cp progan_fast/ops/auto_backends.json "$OUT/auto_backends.json"
   derived_inputs=("$OUT/bench_ops.json"); [[ -s $OUT/bench_layers.json ]] && derived_inputs+=("$OUT/bench_layers.json")
@@ -162,22 +165,24 @@ fi
 stage bench_step "${T_BENCH_STEP:-75}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
 
 # ---------------------------------------------------------------------------------- extras
+# In order of what a run cut short should keep: the end-to-end --cuda-graph trainer run (the only
+# check of the trainer's graphed path through fades), the step profile, then the rest.
 if [[ $HAS_GPU == 1 ]]; then
-  # why the step takes what it takes: device-busy vs wall time, launches, kernel families, top kernels
-  # (fast_graph at 64 px too: does capturing beyond --cuda-graph-max-res's default of 32 px pay? The conv
-  # kernels take their heuristic tiles here: autotuning every layer shape again would eat the stage.)
-  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-50}" env PROGAN_BENCH_GRAPH_MAX_RES=64 PROGAN_FAST_TRITON_AUTOTUNE=0 \
-    "$PY" -m bench.profile_step --res 64 4 \
-    --variant eager_fp32 eager_amp fast triton_amp cuda_amp fast_graph --steps 3 --rows 12 \
-    --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
-  TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward
-  TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
-    $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
-      --run-dir /tmp/progan_smoke && cat /tmp/progan_smoke/log.jsonl | cut -c1-260"
-  # the same run with the whole iteration captured in CUDA graphs (<= 32 px): compare img/s per tick
+  # a short trainer run with the whole iteration captured in CUDA graphs (<= 32 px), through fades
   TAIL_LINES=12 stage train_smoke_graph "${T_TRAIN_SMOKE_GRAPH:-40}" bash -c "rm -rf /tmp/progan_smoke_g && \
     $PY -m progan_fast.train --amp --cuda-graph --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 \
       --no-progress --run-dir /tmp/progan_smoke_g && cat /tmp/progan_smoke_g/log.jsonl | cut -c1-260"
+  # why the step takes what it takes: device-busy vs wall time, GPU kernels, kernel families, top
+  # kernels (fast_graph at 64 px too: does capturing beyond --cuda-graph-max-res's default of 32 px
+  # pay? The conv kernels take their heuristic tiles here, should igemm be selected.)
+  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 PROGAN_FAST_TRITON_AUTOTUNE=0 \
+    "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
+    --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
+  TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward
+  # the eager trainer run (the graphed one above, without --cuda-graph)
+  TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
+    $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
+      --run-dir /tmp/progan_smoke && cat /tmp/progan_smoke/log.jsonl | cut -c1-260"
 fi
 
 # ---------------------------------------------------------------------------------- report

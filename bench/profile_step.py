@@ -6,7 +6,7 @@ steps without the profiler, then profiles a few more and reports:
 
 - wall ms per step (unprofiled) against the device's busy time per step: a step whose kernels fill
   far less than its wall time is host-bound (launch overhead), one near 100 % is device-bound;
-- kernel launches per step;
+- GPU kernels (and copies) per step: launches in an eager step, graph nodes in a replayed one;
 - device time per kernel family (GEMM/conv, layout copies, progan_fast Triton / CUDA kernels,
   other elementwise and reductions), the numbers to compare across variants;
 - the top kernels by device time, and the top host-side ops by self CPU time.
@@ -59,7 +59,12 @@ def _self_device_us(evt) -> float:
 
 
 def _is_device(evt) -> bool:
-    return getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
+    """A kernel, memcpy or memset on the GPU. Kineto's gpu_user_annotation events (the device-side
+    span of a record_function, e.g. torch.optim's step) are CUDA-typed too but cover other kernels
+    and the gaps between them: counting them would count that time twice (torch's own tables skip
+    them as well)."""
+    return (getattr(evt, "device_type", None) == torch.autograd.DeviceType.CUDA
+            and not getattr(evt, "is_user_annotation", False))
 
 
 def summarize(prof, steps: int, wall_ms: float, rows: int) -> dict:
@@ -80,7 +85,7 @@ def summarize(prof, steps: int, wall_ms: float, rows: int) -> dict:
         "wall_ms": wall_ms,
         "device_ms": device_us / 1e3,
         "device_busy": (device_us / 1e3) / wall_ms if wall_ms > 0 and kernels else None,
-        "launches": sum(k.count for k in kernels) / steps,
+        "launches": sum(k.count for k in kernels) / steps,  # device kernels + copies (a graph replay's too)
         "host_ops_ms": sum(e.self_cpu_time_total for e in host) / steps / 1e3,
         "families_ms": {f: v / 1e3 for f, v in sorted(families.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": k.key, "family": kernel_family(k.key), "calls": k.count / steps,
@@ -119,7 +124,7 @@ def _name(s: str, width: int = 90) -> str:
 
 def to_markdown(results: list[dict], header: str) -> str:
     lines = [header, "",
-             "| case | batch | wall ms/step | img/s | device busy ms | busy % | launches/step | ops' self CPU ms |",
+             "| case | batch | wall ms/step | img/s | device busy ms | busy % | GPU kernels+copies/step | ops' self CPU ms |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if "skipped" in r:

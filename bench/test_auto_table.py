@@ -51,8 +51,10 @@ def test_conv_layer_kinds_are_judged_one_by_one():
                     _case("eq_conv2d", "ref", 4, 1.0, layer="d_mbstd_conv"),  # runs as a d_conv layer
                     _case("eq_conv2d", "triton", 4, 0.5, layer="d_mbstd_conv")])
     entry = derive(res)["eq_conv2d"]
+    pin = lambda layer: {"backend": "ref", "min_numel": 0, "layer": layer}  # noqa: E731
     assert entry["order"] == [{"backend": "triton", "min_numel": 0, "layer": "d_conv"},
-                              {"backend": "triton", "min_numel": 0, "layer": "g_conv"}, "ref"]
+                              {"backend": "triton", "min_numel": 0, "layer": "g_conv"},
+                              pin("d_conv"), pin("d_down"), pin("g_conv"), "ref"]
     assert "d_down: triton: 1.50x the reference's time at d_down r8" in entry["why"]
 
 
@@ -73,6 +75,17 @@ def test_a_backend_that_wins_only_on_large_tensors_gets_a_size_threshold():
     # slower than the tolerance at the largest size: no threshold qualifies
     res["cases"][-1]["median_ms"] = 4.3
     assert derive(res)["pixel_norm"]["order"] == ["ref"]
+
+
+def test_backends_are_ranked_on_the_cases_they_all_cover():
+    # triton wins only at >= 5000 elements, by 2x there; cuda wins everywhere, by 1.25x overall but only
+    # 1.1x on the large cases. On the large cases (the ones both cover) triton is cheaper: it comes first.
+    res = _results([_sized("pixel_norm", "ref", 8, 1.0, 1000), _sized("pixel_norm", "ref", 128, 4.0, 9000),
+                    _sized("pixel_norm", "triton", 8, 2.0, 1000), _sized("pixel_norm", "triton", 128, 2.0, 9000),
+                    _sized("pixel_norm", "cuda", 8, 0.4, 1000), _sized("pixel_norm", "cuda", 128, 3.6, 9000)])
+    entry = derive(res)["pixel_norm"]
+    assert entry["order"] == [{"backend": "triton", "min_numel": 9000}, "cuda", "ref"]
+    assert "from 9000 elements on, measured or not" in entry["why"]
 
 
 def test_graph_cases_give_the_graph_lists(tmp_path):
@@ -99,7 +112,8 @@ def test_conditional_entries_load_and_match_at_run_time(tmp_path):
     write(res, derive(res), "bench/results/x.json", str(table))
     loaded = _backend._load_auto_table(str(table))["sm_90"]
     assert loaded["pixel_norm"] == (_backend.Choice("triton", 9000), "ref")
-    assert loaded["eq_conv2d"] == (_backend.Choice("triton", 0, "g_conv"), "ref")
+    assert loaded["eq_conv2d"] == (_backend.Choice("triton", 0, "g_conv"), _backend.Choice("ref", 0, "g_conv"), "ref")
+    assert _backend.Choice("ref", 0, "g_conv").matches(1, "g_conv") and not _backend.Choice("ref", 0, "g_conv").matches(1, "g_up")
 
 
 def test_write_replaces_only_its_architecture(tmp_path):

@@ -43,15 +43,16 @@ def bias_act_grad(dy, y, act, slope, gain):
 
 def bias_act_grad_db(dy, y, act, slope, gain, dim):
     """(dx, db): bias_act_grad plus db = the sum of dx over every dim but `dim`, in fp32 (fp64 for fp64).
-    Where the bias dim has unit stride in dense operands (channels_last, 2-D [N, C]) one kernel writes
-    dx and per-row-block partial sums of it, so dx is not read a second time; elsewhere (NCHW) the
-    plain kernel and a torch sum."""
+    Where the bias dim has unit stride in dense operands (channels_last, 2-D [N, C]) and C >= 32, one
+    kernel writes dx and per-row-block partial sums of it, so dx is not read a second time; elsewhere
+    (NCHW, few channels) the plain kernel and a torch sum."""
     acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
     yy = y if ACT_CODES[act] != 0 else None
     cols = dy.shape[dim]
     rows_by_cols = ((dim == dy.dim() - 1 and dy.is_contiguous())  # [..., C] row-major
                     or (dy.dim() == 4 and dim == 1 and dy.is_contiguous(memory_format=torch.channels_last)))
-    if dy.numel() == 0 or cols < 2 or not rows_by_cols or (yy is not None and yy.stride() != dy.stride()):
+    # fewer than 32 columns (toRGB's 3): a warp would span several row blocks and its loads scatter
+    if dy.numel() == 0 or cols < 32 or not rows_by_cols or (yy is not None and yy.stride() != dy.stride()):
         dx = bias_act_grad(dy, y, act, slope, gain)
         return dx, sum_except(dx, dim, acc)
     dx = torch.empty_like(dy)

@@ -399,24 +399,35 @@ def test_expanded_grad_and_sliced_input():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("shape, layout, act", [
-    ((3, 5, 7, 3), "nhwc", "lrelu"), ((4, 130, 3, 3), "nhwc", "linear"), ((6, 9), "2d", "lrelu"),
-    ((3, 5, 7, 3), "nchw", "lrelu"),   # bias dim not unit-stride: the plain kernel and a torch sum
-    ((2, 1, 3, 3), "nhwc", "lrelu")])  # one channel: the same fallback
+@pytest.mark.parametrize("shape, layout, act, fused", [
+    ((3, 35, 7, 3), "nhwc", "lrelu", True), ((4, 130, 3, 3), "nhwc", "linear", True), ((6, 33), "2d", "lrelu", True),
+    ((3, 35, 7, 3), "nchw", "lrelu", False),  # bias dim not unit-stride: the plain kernel and a torch sum
+    ((2, 3, 3, 3), "nhwc", "lrelu", False)])  # few channels (toRGB): the same fallback
 @pytest.mark.parametrize("rows_per_block", [64, 4])
-def test_bias_gradient_summed_with_dx(shape, layout, act, dtype, rows_per_block, monkeypatch):
+def test_bias_gradient_summed_with_dx(shape, layout, act, fused, dtype, rows_per_block, monkeypatch):
     """bias_act_grad_db: dx equals bias_act_grad's bit for bit, db equals the sum of dx over the
     non-bias dims (the kernel sums the fp32 values before rounding: within rounding of the storage
     dtype), for one and for several (ragged) row blocks."""
     _backend_module()
     from progan_fast import _cuda_kernels as K
     monkeypatch.setattr(K, "BIAS_ROWS", rows_per_block)
+    calls = []
+    real = K._C
+
+    class Spy:  # counts the fused kernel's calls, passes everything else through
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            if name != "bias_act_grad_db":
+                return fn
+            return lambda *a: calls.append(1) or fn(*a)
+    monkeypatch.setattr(K, "_C", Spy())
     x = rand(*shape).to(dtype)
     if layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
     y = reference.bias_act(x, None, act=act, slope=0.2, gain=1.4)
     dy = torch.randn_like(x)
     dx, db = K.bias_act_grad_db(dy, y, act, 0.2, 1.4, 1)
+    assert len(calls) == int(fused)
     want = K.bias_act_grad(dy, y, act, 0.2, 1.4)
     assert torch.equal(dx, want) and dx.stride() == want.stride()
     acc = torch.float64 if dtype == torch.float64 else torch.float32

@@ -239,6 +239,39 @@ def test_graph_mode_follows_the_graph_lists_where_the_table_has_them(monkeypatch
     assert _backend.auto_order("lerp", "cpu") == ("ref",)
 
 
+def test_layer_decisions_come_from_the_active_list_only(monkeypatch):
+    """A measured conv-layer kind is decided by eq_conv2d's own list; inside graph_mode, without
+    graph measurements of eq_conv2d, its eager per-layer entries are dropped (the epilogue's graph
+    list then decides), while its plain entries still apply."""
+    from progan_fast.ops import _backend
+    C = _backend.Choice
+    eager = (C("triton", 100, "g_conv"), C("ref", 0, "g_conv"), "ref")
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"eq_conv2d": eager, "bias_act_pixel_norm": ("ref",)}})
+    monkeypatch.setattr(_backend, "AUTO_TABLE_GRAPH", {"sm_90": {"bias_act_pixel_norm": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
+    gpu = torch.device("cuda", 0)
+    assert _backend.has_layer_entries("eq_conv2d", gpu, "g_conv")
+    assert not _backend.has_layer_entries("eq_conv2d", gpu, "d_conv") and not _backend.has_layer_entries("eq_conv2d", gpu, None)
+    assert _backend.auto_order("eq_conv2d", gpu, 99, "g_conv") == ("ref", "ref")
+    assert not _backend.auto_prefers_other_than_ref("bias_act_pixel_norm", gpu)
+    with ops.graph_mode():
+        assert _backend._entries("eq_conv2d", gpu) == ("ref",)
+        assert not _backend.has_layer_entries("eq_conv2d", gpu, "g_conv")
+        assert _backend.auto_prefers_other_than_ref("bias_act_pixel_norm", gpu)
+    assert not _backend.auto_prefers_other_than_ref("x", "cpu")
+    monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"lerp": (C("ref", 0), "ref")}})
+    assert not _backend.auto_prefers_other_than_ref("lerp", gpu)  # a conditional ref is still the reference
+
+
+def test_an_unreadable_table_warns_once(tmp_path):
+    from progan_fast.ops import _backend
+    bad = tmp_path / "auto.json"
+    bad.write_text("[1, 2]")
+    with pytest.warns(RuntimeWarning) as record:
+        assert _backend._load_auto_tables(str(bad)) == ({}, {})
+    assert len(record) == 1
+
+
 @pytest.mark.parametrize("k, up, down, pn, act, fused, kind", [
     (1, False, False, False, "linear", False, "to_rgb"), (1, False, False, False, "lrelu", False, "from_rgb"),
     (3, True, False, True, "lrelu", False, "g_up"), (3, True, False, True, "lrelu", True, "g_up_fused"),

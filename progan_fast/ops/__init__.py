@@ -13,8 +13,8 @@ import torch
 
 from . import reference
 from ._backend import (auto_prefers_other_than_ref, available_backends, backend_error, backend_for, conv_layer_kind,
-                       describe, get_backend, graph_mode, implementation, register, resolve, set_backend,
-                       triton_interpret, use_backend)
+                       describe, get_backend, graph_mode, has_layer_entries, implementation, register, resolve,
+                       set_backend, triton_interpret, use_backend)
 
 __all__ = [
     "bias_act", "bias_act_pixel_norm", "pixel_norm", "minibatch_stddev", "upsample_blend", "fade_reals", "lerp", "downsample2x",
@@ -188,8 +188,10 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
     layer = conv_layer_kind(weight.shape[2], kw["up"], kw["down"], kw["pixel_norm"], act, kw["fused_scale"])
     backend = backend_for(op, impl, x.device, x.numel(), layer)
     epilogue = "bias_act_pixel_norm" if pixel_norm else "bias_act"
+    # A layer kind the table decides (measured as a whole layer) keeps that decision; otherwise the
+    # reference conv still takes the fused epilogue where the epilogue's own list prefers it.
     if (backend == "ref" and impl == "auto" and get_backend() == "auto"
-            and auto_prefers_other_than_ref(epilogue, x.device)):
+            and not has_layer_entries(op, x.device, layer) and auto_prefers_other_than_ref(epilogue, x.device)):
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
     return implementation(backend, op)(x, weight, bias, **kw)
 

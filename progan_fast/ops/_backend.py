@@ -69,22 +69,27 @@ def _entry(item):
     raise ValueError(f"bad preference entry {item!r}")
 
 
-def _load_auto_table(path: str = AUTO_TABLE_PATH, key: str = "ops") -> dict[str, dict[str, tuple]]:
-    """{arch: {op: preference list}} from auto_backends.json (`key`: "ops", or "graph_ops" for the
-    lists followed inside CUDA graphs); empty (reference everywhere) if unreadable."""
+def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict]:
+    """({arch: {op: preference list}} for eager calls ("ops"), the same for calls inside CUDA graphs
+    ("graph_ops")) from auto_backends.json; both empty (reference everywhere) if unreadable."""
     try:
         with open(path) as f:
             doc = json.load(f)
-        return {arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
-                for arch, entry in doc.get("archs", {}).items()}
+        return tuple({arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
+                      for arch, entry in doc.get("archs", {}).items()} for key in ("ops", "graph_ops"))
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
                       RuntimeWarning, stacklevel=2)
-        return {}
+        return {}, {}
 
 
-AUTO_TABLE: dict[str, dict[str, tuple]] = _load_auto_table()
-AUTO_TABLE_GRAPH: dict[str, dict[str, tuple]] = _load_auto_table(key="graph_ops")
+def _load_auto_table(path: str = AUTO_TABLE_PATH, key: str = "ops") -> dict[str, dict[str, tuple]]:
+    """One of the two tables of `_load_auto_tables` ("ops" or "graph_ops")."""
+    eager, graph = _load_auto_tables(path)
+    return graph if key == "graph_ops" else eager
+
+
+AUTO_TABLE, AUTO_TABLE_GRAPH = _load_auto_tables()
 _graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_graph_mode", default=False)
 _arch_of_index: dict[int, str] = {}
 
@@ -134,11 +139,15 @@ def _entries(op: str, device) -> tuple:
     if getattr(device, "type", device) != "cuda":
         return ("ref",)
     arch = cuda_arch(getattr(device, "index", None))
+    eager = AUTO_TABLE.get(arch, {}).get(op, AUTO_DEFAULT_CUDA)
     if _graph_mode.get():
         graph = AUTO_TABLE_GRAPH.get(arch, {}).get(op)
         if graph is not None:
             return graph
-    return AUTO_TABLE.get(arch, {}).get(op, AUTO_DEFAULT_CUDA)
+        # No graph measurements of this op: its eager list, without per-layer choices (the layer
+        # bench has no graph cases; eq_conv2d then follows its epilogue's graph list, see ops)
+        return tuple(e for e in eager if not (isinstance(e, Choice) and e.layer))
+    return eager
 
 
 def auto_order(op: str, device, numel: int | None = None, layer: str | None = None) -> tuple[str, ...]:
@@ -151,7 +160,13 @@ def auto_order(op: str, device, numel: int | None = None, layer: str | None = No
 
 def auto_prefers_other_than_ref(op: str, device) -> bool:
     """Whether `auto`'s list for `op` on `device` names anything but the reference (at any size)."""
-    return any(e != "ref" for e in _entries(op, device))
+    return any((e if isinstance(e, str) else e.backend) != "ref" for e in _entries(op, device))
+
+
+def has_layer_entries(op: str, device, layer: str | None) -> bool:
+    """Whether `auto`'s list for `op` on `device` decides conv layers of kind `layer` itself (the
+    bench measured that kind), rather than leaving them to the epilogue's list."""
+    return layer is not None and any(isinstance(e, Choice) and e.layer == layer for e in _entries(op, device))
 
 
 def implementation(backend: str, op: str) -> Callable:

@@ -241,30 +241,35 @@ class TrainStep:
     def _graphed_step(self, reals: torch.Tensor, res_log2: int, alpha, labels=None) -> dict:
         """Eager warm-up steps (on a side stream: lazy optimizer/scaler state, cuDNN and Triton autotuning),
         then one capture per (resolution, batch, fading, layout) and replays. Every call is a real
-        training step; the capture's own step is executed by its first replay."""
+        training step; the capture's own step is executed by its first replay. During a fade the
+        warm-ups, the capture and the replays all read alpha from the entry's device scalar, so
+        they run the same code: a kernel specialized for a Python-float alpha in the warm-up would
+        leave the capture's tensor-alpha variant to be compiled and loaded mid-capture, which fails."""
         key = self._graph_key(reals, res_log2, alpha)
         fading = key[-1]
         entry = self._graphs.get(key)
         if entry is None:
             self._graphs = {k: v for k, v in self._graphs.items() if k[0] == res_log2}  # older phases: free
             entry = self._graphs[key] = _GraphEntry()
+            entry.alpha = torch.ones((), dtype=torch.float32, device=self.device)
+        if fading and isinstance(alpha, torch.Tensor):
+            entry.alpha.copy_(alpha)
+        elif fading:
+            entry.alpha.fill_(float(alpha))
+        step_alpha = entry.alpha if fading else 1.0
         if entry.graph is None and entry.warm < self.graph_warmup:
             entry.warm += 1
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side), ops.graph_mode():  # the backends the capture will run
-                stats = self._step(reals, res_log2, alpha, labels)
+                stats = self._step(reals, res_log2, step_alpha, labels)
             torch.cuda.current_stream(self.device).wait_stream(side)
             return stats
         if entry.graph is None:
-            self._capture(entry, reals, res_log2, alpha, fading, labels)
+            self._capture(entry, reals, res_log2, step_alpha, labels)
         entry.reals.copy_(reals)
         if labels is not None:
             entry.labels.copy_(labels)
-        if fading and isinstance(alpha, torch.Tensor):
-            entry.alpha.copy_(alpha)
-        elif fading:
-            entry.alpha.fill_(float(alpha))
         entry.graph.replay()
         return {k: v.clone() for k, v in entry.stats.items()}
 
@@ -285,14 +290,15 @@ class TrainStep:
             return entry.stats
         return replay
 
-    def _capture(self, entry: "_GraphEntry", reals, res_log2: int, alpha, fading: bool, labels=None) -> None:
+    def _capture(self, entry: "_GraphEntry", reals, res_log2: int, alpha, labels=None) -> None:
+        """Capture one iteration on static copies of the inputs; `alpha` is the entry's device scalar
+        during a fade, else 1.0."""
         entry.reals = reals.clone(memory_format=torch.preserve_format)
         entry.labels = None if labels is None else labels.clone()
-        entry.alpha = torch.tensor(float(alpha) if fading else 1.0, dtype=torch.float32, device=self.device)
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)  # latents and mixing factors advance per replay
         with torch.cuda.graph(graph), ops.graph_mode():  # auto ranks backends by device time in a graph
-            entry.stats = self._step(entry.reals, res_log2, entry.alpha if fading else 1.0, entry.labels)
+            entry.stats = self._step(entry.reals, res_log2, alpha, entry.labels)
         entry.graph = graph
 
     @torch.no_grad()
