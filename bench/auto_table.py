@@ -43,7 +43,7 @@ from collections import defaultdict
 
 from .report import load_results
 
-RUNTIME_BACKENDS = ("cuda", "triton")
+RUNTIME_BACKENDS = ("cuda", "triton", "igemm")  # igemm: layer cases only (eq_conv2d)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_PATH = os.path.join(REPO, "progan_fast", "ops", "auto_backends.json")
 

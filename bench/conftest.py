@@ -179,7 +179,7 @@ def ceilings(request, settings) -> dict:
     return c
 
 
-def backend_cases(settings: Settings, names_at, graph_modes: bool = False) -> list:
+def backend_cases(settings: Settings, names_at, graph_modes: bool = False, extra_backends: tuple = ()) -> list:
     """pytest params (name, res, mode, backend) for every bench resolution, every name `names_at(res)`
     yields there, fwd and fwdbwd (and fwd_graph, fwdbwd_graph: the same work replayed from a CUDA graph, where
     `graph_modes` and the settings ask for it; not for compile), and every backend. torch.compile cases the settings exclude are
@@ -190,7 +190,7 @@ def backend_cases(settings: Settings, names_at, graph_modes: bool = False) -> li
         for name in names_at(res):
             modes = ("fwd", "fwdbwd") + (("fwd_graph", "fwdbwd_graph") if graph_modes and settings.graph_ops else ())
             for mode in modes:
-                for backend in BACKENDS:
+                for backend in BACKENDS + tuple(extra_backends):
                     if mode.endswith("_graph") and backend == "compile":
                         continue
                     case = pytest.param((name, res, mode, backend), id=f"{name}-r{res}-{mode}-{backend}")
@@ -212,8 +212,8 @@ def skip_unless_backend(settings: Settings, backend: str, op: str) -> None:
             pytest.skip("torch.compile cases are off here (PROGAN_BENCH_COMPILE=1 turns them on)")
         return
     dev = settings.device.type
-    if backend == "triton" and dev == "cpu" and not ops.triton_interpret():
-        pytest.skip("triton on CPU needs TRITON_INTERPRET=1")
+    if backend in ("triton", "igemm") and dev == "cpu" and not ops.triton_interpret():
+        pytest.skip(f"{backend} on CPU needs TRITON_INTERPRET=1")
     if backend == "cuda" and dev != "cuda":
         pytest.skip("the cuda backend needs a CUDA device")
     if backend not in ops.available_backends():

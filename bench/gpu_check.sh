@@ -6,8 +6,8 @@
 # Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
 # test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers
 # (quick mode, one pytest-benchmark JSON each) -> the impl='auto' table they imply -> bench data +
-# train step under that table -> trainer smoke run with --cuda-graph -> step profile -> conv layer
-# timings -> eager trainer smoke run -> bench/report.py (results.json, results.md, compare against
+# train step under that table -> trainer smoke run with --cuda-graph -> step profile -> eager
+# trainer smoke run -> bench/report.py (results.json, results.md, compare against
 # bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
 # so the whole script ends inside 8 minutes); a stage that runs out gets SIGINT first (pytest then still
@@ -21,7 +21,7 @@
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
-# T_BENCH_LAYERS=40 T_BENCH_STEP=75 T_PROFILE_STEP=45 T_CONV_LAYERS=50 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
+# T_BENCH_LAYERS=50 T_BENCH_STEP=75 T_PROFILE_STEP=45 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -144,7 +144,12 @@ stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py benc
 stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
 # host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
 stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
-stage bench_layers "${T_BENCH_LAYERS:-40}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+# Triton's conv kernels take their heuristic tiles in every bench stage from here on: autotuning each
+# implicit-GEMM layer shape compiles ~10 configs (about a minute per resolution on Triton 3.6, whose
+# autotuner keeps no results across processes). Tuned tiles can only be faster than these numbers.
+export PROGAN_FAST_TRITON_AUTOTUNE=0
+# conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
+stage bench_layers "${T_BENCH_LAYERS:-50}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 # impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
 # copied, this GPU's architecture replaced: $OUT/auto_backends.json), so the step variants below
 # measure the table these numbers imply (to commit it, re-derive it from the saved results file:
@@ -173,12 +178,10 @@ if [[ $HAS_GPU == 1 ]]; then
     $PY -m progan_fast.train --amp --cuda-graph --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 \
       --no-progress --run-dir /tmp/progan_smoke_g && cat /tmp/progan_smoke_g/log.jsonl | cut -c1-260"
   # why the step takes what it takes: device-busy vs wall time, GPU kernels, kernel families, top
-  # kernels (fast_graph at 64 px too: does capturing beyond --cuda-graph-max-res's default of 32 px
-  # pay? The conv kernels take their heuristic tiles here, should igemm be selected.)
-  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 PROGAN_FAST_TRITON_AUTOTUNE=0 \
+  # kernels (fast_graph at 64 px too: does capturing beyond --cuda-graph-max-res's default of 32 px pay?)
+  TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 \
     "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
-  TAIL_LINES=40 stage triton_conv_layers "${T_CONV_LAYERS:-50}" "$PY" bench/triton_conv_layers.py --res 8 32 128 --dtype bf16 --backward
   # the eager trainer run (the graphed one above, without --cuda-graph)
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
     $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \

@@ -53,7 +53,9 @@ def pytest_generate_tests(metafunc):
     if "layer_case" not in metafunc.fixturenames:
         return
     s = metafunc.config._progan_bench
-    cases = backend_cases(s, lambda res: [name for name, *_ in layer_specs(res, s, s.extra_variants)])
+    # igemm: Triton's implicit-GEMM conv layer, beside "triton" (cuDNN conv + fused Triton epilogue)
+    cases = backend_cases(s, lambda res: [name for name, *_ in layer_specs(res, s, s.extra_variants)],
+                          extra_backends=("igemm",))
     metafunc.parametrize("layer_case", cases)
 
 

@@ -200,6 +200,26 @@ def test_public_op_dispatch():
             registry["eq_conv2d"] = previous
 
 
+def test_igemm_backend_is_the_fused_conv_layer():
+    """impl="igemm" (what `auto` picks per layer kind where the layer bench measures it faster) runs
+    the implicit-GEMM layer; it implements eq_conv2d only."""
+    assert "igemm" in ops.available_backends()
+    assert ops._backend.resolve("eq_conv2d", "igemm", DEV) is eq_conv2d_triton
+    x, w, b, kw = _make(dict(k=3, up=True, pixel_norm=True), torch.float32)
+    y = ops.eq_conv2d(x, w, b, impl="igemm", **kw)
+    _close(y, reference.eq_conv2d(x.double(), w.double(), b.double(), **kw), torch.float32, "igemm public op")
+    with pytest.raises(NotImplementedError, match="no 'igemm' implementation"):
+        ops.pixel_norm(x, impl="igemm")
+
+
+def test_igemm_needs_the_triton_backend(monkeypatch):
+    monkeypatch.setattr(ops._backend, "_load_state", dict(ops._backend._load_state, triton=None, igemm=None))
+    monkeypatch.setattr(ops._backend, "_load_errors", dict(ops._backend._load_errors))
+    monkeypatch.setenv("PROGAN_FAST_DISABLE_TRITON", "1")
+    assert not ops._backend._ensure_loaded("igemm")
+    assert "needs the triton backend: disabled by PROGAN_FAST_DISABLE_TRITON=1" in ops.backend_error("igemm")
+
+
 def test_opcheck():
     """Schema, fake (meta) implementation and autograd registration agree with the real kernel."""
     x, w, b, kw = _make(dict(k=3, up=True, pixel_norm=True, n=1, cin=3, cout=4, h=3, w=3), torch.float32)

@@ -24,12 +24,16 @@ import os
 import warnings
 from typing import Callable, Iterator, NamedTuple
 
-BACKENDS = ("ref", "triton", "cuda")
+# "igemm": Triton's implicit-GEMM conv layer (eq_conv2d only; progan_fast/triton/conv_op.py), a
+# backend of its own so that `auto` can pick it per conv-layer kind where the layer bench measures it
+# faster than Triton's default conv layer (cuDNN conv + fused Triton epilogue) and the reference.
+BACKENDS = ("ref", "triton", "cuda", "igemm")
 IMPLS = ("auto",) + BACKENDS
 
 _registry: dict[str, dict[str, Callable]] = {name: {} for name in BACKENDS}
-_loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast._cuda_backend"}
-_load_state: dict[str, bool | None] = {"ref": True, "triton": None, "cuda": None}
+_loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast._cuda_backend",
+                            "igemm": "progan_fast.triton"}
+_load_state: dict[str, bool | None] = {"ref": True, "triton": None, "cuda": None, "igemm": None}
 _load_errors: dict[str, str] = {}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_backend", default="auto")
 # What `auto` runs on CUDA tensors: a preference order per GPU architecture and op, derived from
@@ -190,6 +194,10 @@ def _ensure_loaded(backend: str) -> bool:
         _load_state[backend] = False
         _load_errors[backend] = f"disabled by PROGAN_FAST_DISABLE_{backend.upper()}=1"
         return False
+    if backend == "igemm" and not _ensure_loaded("triton"):  # part of the Triton backend
+        _load_state[backend] = False
+        _load_errors[backend] = f"needs the triton backend: {_load_errors.get('triton')}"
+        return False
     try:
         importlib.import_module(_loaders[backend])
         _load_state[backend] = True
@@ -245,7 +253,7 @@ def use_backend(impl: str) -> Iterator[None]:
 def _supports_device(backend: str, device_type: str) -> bool:
     if backend == "ref":
         return True
-    if backend == "triton":
+    if backend in ("triton", "igemm"):
         return device_type == "cuda" or (device_type == "cpu" and triton_interpret())
     return device_type == "cuda"
 
@@ -267,7 +275,7 @@ def backend_for(op: str, impl: str, device, numel: int | None = None, layer: str
     if impl != "auto":
         if not _supports_device(impl, device_type):
             raise RuntimeError(f"progan_fast.ops.{op}: impl={impl!r} cannot run on {device_type} tensors"
-                               + (" (set TRITON_INTERPRET=1 to run Triton on CPU)" if impl == "triton" else ""))
+                               + (" (set TRITON_INTERPRET=1 to run Triton on CPU)" if impl in ("triton", "igemm") else ""))
         if not _ensure_loaded(impl):
             raise RuntimeError(f"progan_fast.ops.{op}: backend {impl!r} is unavailable: {_load_errors.get(impl)}")
         if op not in _registry[impl]:

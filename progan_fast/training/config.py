@@ -121,7 +121,7 @@ class TrainConfig:
         for res, mb in (self.minibatch or {}).items():
             if mb < 1:
                 raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
-        if self.backend not in IMPLS:
+        if self.backend not in IMPLS or self.backend == "igemm":  # igemm: eq_conv2d only, not a model backend
             raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
         if self.cond_head not in COND_HEADS:
             raise ValueError(f"--cond-head must be acgan or projection, got {self.cond_head!r}")

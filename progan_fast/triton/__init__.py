@@ -20,10 +20,13 @@ for _name, _fn in PUBLIC.items():
     register("triton", _name, _fn)
 
 # Two Triton paths for a whole conv layer: cuDNN conv + one fused Triton epilogue ("epilogue", the
-# default), or the implicit-GEMM kernel with resampling and epilogue fused in ("igemm", conv_op.py).
-# Issue: keep whichever measures faster per layer; until bench/results/ decides, the choice is explicit.
+# "triton" eq_conv2d by default), or the implicit-GEMM kernel with resampling and epilogue fused in
+# (conv_op.py). The latter is also the "igemm" backend, so impl="auto" can pick it per conv-layer kind
+# where the layer bench measured it faster; PROGAN_FAST_TRITON_CONV=igemm makes it "triton"'s too.
+from .conv_op import eq_conv2d_triton as _igemm  # noqa: E402
+
+register("igemm", "eq_conv2d", _igemm)
 if os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue") == "igemm":
-    from .conv_op import eq_conv2d_triton as _igemm
     register("triton", "eq_conv2d", _igemm)
 
 __all__ = ["ops", "PUBLIC", "launchers", *PUBLIC]
