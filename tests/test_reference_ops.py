@@ -215,7 +215,7 @@ def test_auto_conditional_choices_need_the_size_and_the_layer(monkeypatch):
     assert _backend.resolve("eq_conv2d", "auto", gpu, 500, "g_up") is fake
     assert _backend.auto_order("eq_conv2d", gpu, 500, "g_up") == ("triton", "ref")
     assert ops.describe(gpu) == "ref (eq_conv2d: triton at g_conv layers, triton at g_up layers, >= 0.0005M elements; " \
-        "pixel_norm: triton at >= 0.001M elements)"
+        "pixel_norm: triton at >= 0.001M elements); in CUDA graphs: ref (pixel_norm: triton at >= 0.001M elements)"
 
 
 def test_graph_mode_follows_the_graph_lists_where_the_table_has_them(monkeypatch):
@@ -237,6 +237,8 @@ def test_graph_mode_follows_the_graph_lists_where_the_table_has_them(monkeypatch
             assert _backend.resolve("lerp", "auto", gpu) is ref["lerp"]
     assert _backend.resolve("lerp", "auto", gpu) is ref["lerp"]
     assert _backend.auto_order("lerp", "cpu") == ("ref",)
+    assert ops.describe(gpu) == "ref; in CUDA graphs: ref (lerp: triton)"
+    assert ops.describe("cpu") == "ref"
 
 
 def test_layer_decisions_come_from_the_active_list_only(monkeypatch):

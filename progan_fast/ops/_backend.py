@@ -294,7 +294,17 @@ def _usable(backend: str, op: str, device_type: str) -> bool:
 def describe(device) -> str:
     """One line saying which backend runs each op on `device` under the current default, e.g.
     'ref (fade_reals: triton; pixel_norm: triton at >= 33.6M elements)': the most common backend
-    first, the exceptions in parentheses."""
+    first, the exceptions in parentheses; then what differs inside CUDA graphs (`graph_mode`)."""
+    text = _describe(device)
+    if getattr(device, "type", device) == "cuda" and not _graph_mode.get() and _default.get() == "auto":
+        with graph_mode():
+            in_graphs = _describe(device)
+        if in_graphs != text:
+            text += f"; in CUDA graphs: {in_graphs}"
+    return text
+
+
+def _describe(device) -> str:
     by_backend: dict[str, list[str]] = {}
     for op in sorted(_registry["ref"]):
         by_backend.setdefault(backend_for(op, "auto", device), []).append(op)
@@ -305,7 +315,7 @@ def describe(device) -> str:
     if _default.get() == "auto":  # conditional choices, which the size-less answer above does not show
         for op in sorted(_registry["ref"]):
             conditional = [e.explain() for e in _entries(op, device)
-                           if isinstance(e, Choice) and (e.min_numel > 0 or e.layer)
+                           if isinstance(e, Choice) and (e.min_numel > 0 or e.layer) and e.backend != "ref"
                            and _usable(e.backend, op, device_type)]
             if conditional:
                 exceptions.append(f"{op}: " + ", ".join(conditional))
