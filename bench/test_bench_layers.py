@@ -3,12 +3,12 @@ leaky ReLU, pixel norm) for every layer kind the paper model runs at a training 
 with the batch of r, x backend x (forward, forward+backward).
 
 Layer kinds at r >= 8 (c = nf(log2 r - 1), cp = nf(log2 r - 2)):
-  g_up      G conv0: nearest-2x up + 3x3, cp -> c, + pixel norm   (fused_scale variant on full runs)
+  g_up      G conv0: nearest-2x up + 3x3, cp -> c, + pixel norm   (fused_scale variant on GPU runs)
   g_conv    G conv1: 3x3, c -> c, + pixel norm
   to_rgb    1x1, c -> 3, linear, gain 1
   from_rgb  1x1, 3 -> c, lrelu
   d_conv    D conv0: 3x3, c -> c
-  d_down    D conv1: 3x3, c -> cp, then 2x2 average pool        (fused_scale variant on full runs)
+  d_down    D conv1: 3x3, c -> cp, then 2x2 average pool        (fused_scale variant on GPU runs)
 At r = 4: g_conv (512 -> 512 + PN), d_mbstd_conv (513 -> 512), d_dense4 (4x4 valid conv = dense), to_rgb, from_rgb.
 """
 from __future__ import annotations
