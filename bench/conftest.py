@@ -181,17 +181,23 @@ def ceilings(request, settings) -> dict:
     return c
 
 
+# The order a time-limited stage runs the modes in: forward+backward first (impl='auto' is derived
+# from it), then forward, then the CUDA-graph replays; a stage cut short loses the last ones.
+MODE_ORDER = ("fwdbwd", "fwd", "fwdbwd_graph", "fwd_graph")
+
+
 def backend_cases(settings: Settings, names_at, graph_modes: bool = False, extra_backends: tuple = ()) -> list:
     """pytest params (name, res, mode, backend) for every bench resolution, every name `names_at(res)`
-    yields there, fwd and fwdbwd (and fwd_graph, fwdbwd_graph: the same work replayed from a CUDA graph, where
-    `graph_modes` and the settings ask for it; not for compile), and every backend. torch.compile cases the settings exclude are
-    dropped and the rest move to the end of the run, so a stage that runs out of time loses compile
-    cases (seconds each to build) before anything else."""
+    yields there, fwd and fwdbwd (and fwd_graph, fwdbwd_graph: the same work replayed from a CUDA
+    graph, where `graph_modes` and the settings ask for it; not for compile), and every backend.
+    Cases run mode by mode (MODE_ORDER), every resolution within a mode; torch.compile cases the
+    settings exclude are dropped and the rest move to the end of the run, so a stage that runs out
+    of time loses compile cases (seconds each to build) before anything else."""
+    modes = ("fwd", "fwdbwd") + (("fwd_graph", "fwdbwd_graph") if graph_modes and settings.graph_ops else ())
     keep, compiled = [], []
-    for res in settings.op_resolutions:
-        for name in names_at(res):
-            modes = ("fwd", "fwdbwd") + (("fwd_graph", "fwdbwd_graph") if graph_modes and settings.graph_ops else ())
-            for mode in modes:
+    for mode in sorted(modes, key=MODE_ORDER.index):
+        for res in settings.op_resolutions:
+            for name in names_at(res):
                 for backend in BACKENDS + tuple(extra_backends):
                     if mode.endswith("_graph") and backend == "compile":
                         continue
