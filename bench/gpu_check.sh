@@ -3,12 +3,13 @@
 #
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
-# Stages: versions -> pip install -e . (CUDA extension) -> pytest -m gpu -> tests/test_triton_ops.py,
-# test_cuda_ext.py, test_triton_conv.py -> bench unit tests -> bench ops / host cost per call / layers
-# (quick mode, one pytest-benchmark JSON each) -> the impl='auto' table they imply -> bench data +
-# train step under that table -> trainer smoke run with --cuda-graph -> step profile -> eager
-# trainer smoke run -> bench/report.py (results.json, results.md, compare against
-# bench/results/, the README speed table) -> the
+# Stages, in the order a run cut short should keep them: versions -> pip install -e . (CUDA
+# extension) -> the GPU-only tests (pytest -m gpu, without compile/autotune) -> bench unit tests ->
+# bench ops / host cost per call / layers (quick mode, one pytest-benchmark JSON each) -> the
+# impl='auto' table they imply -> bench data + train step under that table -> trainer smoke run
+# with --cuda-graph -> step profile -> kernel tests on the GPU (test_triton_ops, test_cuda_ext,
+# test_triton_conv) -> the compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
+# (results.json, results.md, compare against bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 470 s,
 # so the whole script ends inside 8 minutes); a stage that runs out gets SIGINT first (pytest then still
 # writes its JSON), SIGKILL 10 s later. Nothing aborts the script before the report is written.
@@ -20,8 +21,9 @@
 # (bench/profile_step.py), results.json, results.md.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
-# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_TRITON_TESTS=35 T_CUDA_TESTS=40 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
-# T_BENCH_LAYERS=50 T_BENCH_STEP=75 T_PROFILE_STEP=45 T_TRAIN_SMOKE=40 T_TRAIN_SMOKE_GRAPH=40 (seconds; capped by the budget left).
+# timeouts T_INSTALL=130 T_GPU_TESTS=60 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
+# T_BENCH_LAYERS=50 T_BENCH_STEP=75 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_TRITON_TESTS=35 T_CUDA_TESTS=40
+# T_TRITON_CONV_TESTS=40 T_GPU_TESTS_SLOW=60 T_TRAIN_SMOKE=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -120,21 +122,18 @@ if torch.cuda.is_available():
     print('impl=auto on this GPU:', ops.describe(torch.device('cuda', 0)))"
 
 # ---------------------------------------------------------------------------------- tests
+# The GPU-only tests first, the ones no CPU run can stand in for (direct Triton launches, CUDA-graph
+# capture, no-sync steps, the conditional and metrics paths), without those that compile with
+# torch.compile or autotune (tens of seconds each: they run after the benchmarks). The per-op kernel
+# tests, which CI also runs in Triton's interpreter and the extension's CPU build, run later too.
 if [[ $HAS_GPU == 1 ]]; then
-  # no -x: every GPU-only test (graphed step, no-sync step, conditional, CUDA ext, metrics) reports
-  stage gpu_tests "${T_GPU_TESTS:-60}" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider
-  if [[ -f tests/test_triton_ops.py ]]; then
-    stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider
-  else
-    say "SKIP triton_tests: tests/test_triton_ops.py not in this tree"; STATUS+=("triton_tests: absent")
-  fi
-  if [[ -f tests/test_cuda_ext.py ]]; then
-    stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q -p no:cacheprovider
-  fi
-  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-50}" env PROGAN_FAST_TRITON_AUTOTUNE=0 \
-    "$PY" -m pytest tests/test_triton_conv.py -q -p no:cacheprovider
+  # no -x: every test reports
+  first=(tests/test_triton_launch.py tests/test_train_step_graph.py)  # the direct launch, the graphed step
+  rest=(); for f in tests/test_*.py; do [[ " ${first[*]} " == *" $f "* ]] || rest+=("$f"); done
+  stage gpu_tests "${T_GPU_TESTS:-60}" "$PY" -m pytest "${first[@]}" "${rest[@]}" -q -rfE -m gpu \
+    -k "not compile and not autotuned" -p no:cacheprovider
 else
-  say "SKIP gpu_tests, triton_tests: no GPU"; STATUS+=("gpu_tests: skipped (no GPU)")
+  say "SKIP gpu_tests and the GPU kernel tests: no GPU"; STATUS+=("gpu_tests: skipped (no GPU)")
 fi
 
 # ---------------------------------------------------------------------------------- bench
@@ -182,6 +181,15 @@ if [[ $HAS_GPU == 1 ]]; then
   TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 \
     "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
+  # the kernels against the reference on the GPU (CI runs the same tests in the interpreter / CPU build)
+  stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider \
+    -k "not compile"
+  stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q -p no:cacheprovider -k "not compile"
+  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" "$PY" -m pytest tests/test_triton_conv.py -q -p no:cacheprovider \
+    -k "not compile and not autotuned"
+  # the GPU tests left out above: torch.compile(fullgraph) of the ops and the conv, autotuned conv shapes
+  stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE "$PY" -m pytest tests -q -rfE -m gpu \
+    -k "compile or autotuned" -p no:cacheprovider
   # the eager trainer run (the graphed one above, without --cuda-graph)
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
     $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \
