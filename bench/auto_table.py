@@ -25,6 +25,11 @@ cuda) with the eager reference measured in the same run:
   share one element count (G's 3x3 convs see 33.5M elements from 32 to 512 px), so a quick run
   that measures 8 and 128 px decides for 32-512 px from the 128-px case.
 
+The resampling form of G's up-convs and D's down-convs follows the same rule: where the official
+fused form (fused_scale: one 4x4 (transposed) stride-2 conv, 44 % of the FLOPs; the same function)
+is never more than 5 % slower than nearest-up + 3x3 / 3x3 + avg-pool on the reference (cuDNN) and at
+least 5 % cheaper in total, "forms" says so, and `auto` runs those layers in the fused form.
+
 The same rule on the CUDA-graph cases (mode fwdbwd_graph: device time without host dispatch) gives
 a second list per op, "graph_ops", which `auto` follows inside a captured training step
 (`ops.graph_mode()`, entered by TrainStep's --cuda-graph path), where host dispatch costs nothing.
@@ -168,6 +173,35 @@ def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: s
     return table
 
 
+FORM_LAYERS = ("g_up", "d_down")  # layer kinds with a fused_scale form ("<kind>_fused" in the bench)
+
+
+def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05) -> dict:
+    """{layer kind: {"form": "fused" | "unfused", "why": str}} from the reference's fwdbwd cases of
+    each up/down layer kind and its fused_scale variant, at the same resolutions."""
+    cases: dict = defaultdict(dict)
+    for c in results.get("cases", []):
+        if (c.get("kind") == "layer" and c.get("backend") == "ref" and c.get("mode") == "fwdbwd"
+                and c.get("median_ms")):
+            cases[c.get("layer")][c.get("res")] = c["median_ms"] / max(1, c.get("batch") or 1)
+    forms = {}
+    for kind in FORM_LAYERS:
+        plain, fused = cases.get(kind), cases.get(kind + "_fused")
+        if not plain or not fused or set(plain) - set(fused):
+            continue
+        worst = max(plain, key=lambda r: fused[r] / plain[r])
+        total_plain, total_fused = sum(plain.values()), sum(fused[r] for r in plain)
+        if fused[worst] / plain[worst] > 1.0 + tolerance:
+            forms[kind] = {"form": "unfused", "why": f"fused: {fused[worst] / plain[worst]:.2f}x the time at r{worst}"}
+        elif total_fused > (1.0 - margin) * total_plain:
+            forms[kind] = {"form": "unfused", "why": f"fused: {total_plain / total_fused:.2f}x overall "
+                                                     f"(needs {1 / (1 - margin):.2f}x)"}
+        else:
+            forms[kind] = {"form": "fused", "why": f"fused: {total_plain / total_fused:.2f}x overall, never slower "
+                                                   f"(r{', r'.join(str(r) for r in sorted(plain))})"}
+    return forms
+
+
 def _key_name(key) -> str:
     layer, res = key
     return f"{layer + ' ' if layer else ''}r{res}"
@@ -182,7 +216,8 @@ def format_choice(choice) -> str:
 
 
 def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PATH,
-          tolerance: float = 0.05, margin: float = 0.05, derived_graph: dict | None = None) -> str:
+          tolerance: float = 0.05, margin: float = 0.05, derived_graph: dict | None = None,
+          forms: dict | None = None) -> str:
     """Replace the results' architecture entry in the table file; returns the architecture."""
     arch = _arch(results.get("env", {}))
     try:
@@ -206,6 +241,9 @@ def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PAT
         "evidence": {op: {"cost_us_per_img": entry["cost_us_per_img"], "why": entry["why"]}
                      for op, entry in derived.items()},
     }
+    if forms:
+        doc["archs"][arch]["forms"] = {kind: f["form"] for kind, f in forms.items()}
+        doc["archs"][arch]["forms_evidence"] = {kind: f["why"] for kind, f in forms.items()}
     if derived_graph:
         doc["archs"][arch]["graph_ops"] = {op: entry["order"] for op, entry in derived_graph.items()}
         doc["archs"][arch]["graph_evidence"] = {op: {"cost_us_per_img": entry["cost_us_per_img"], "why": entry["why"]}
@@ -228,6 +266,7 @@ def main(argv=None) -> int:
     results = load_results(args.results)
     derived = derive(results, args.tolerance, args.margin)
     derived_graph = derive(results, args.tolerance, args.margin, mode="fwdbwd_graph")
+    forms = derive_forms(results, args.tolerance, args.margin)
     if not derived:
         print("auto_table: no fwdbwd op/layer cases with a reference in these results", file=sys.stderr)
         return 2
@@ -242,10 +281,12 @@ def main(argv=None) -> int:
         for op, entry in table.items():
             order = " > ".join(format_choice(c) for c in entry["order"])
             print(f"  {op:22s} {order:22s}  {entry['why']}")
+    for kind, f in forms.items():
+        print(f" resampling form of {kind}: {f['form']}  ({f['why']})")
     if args.write:
         source = os.path.relpath(os.path.abspath(args.results), REPO)
         arch = write(results, derived, source.replace(os.sep, "/"), args.table, args.tolerance, args.margin,
-                     derived_graph)
+                     derived_graph, forms)
         print(f"wrote {arch} to {args.table}")
     return 0
 

@@ -88,6 +88,23 @@ def test_backends_are_ranked_on_the_cases_they_all_cover():
     assert "from 9000 elements on, measured or not" in entry["why"]
 
 
+def test_the_fused_resampling_form_where_the_reference_runs_it_faster(tmp_path):
+    from progan_fast.ops import _backend
+    from .auto_table import derive_forms
+    lay = lambda layer, res, ms, backend="ref": _case("eq_conv2d", backend, res, ms, layer=layer)  # noqa: E731
+    cases = [lay("g_up", 8, 1.0), lay("g_up", 128, 4.0), lay("g_up_fused", 8, 0.9), lay("g_up_fused", 128, 2.0),
+             lay("d_down", 8, 1.0), lay("d_down", 128, 4.0), lay("d_down_fused", 8, 1.2), lay("d_down_fused", 128, 2.0),
+             lay("g_up_fused", 8, 0.1, backend="triton")]  # other backends do not decide the form
+    forms = derive_forms(_results(cases))
+    assert forms["g_up"]["form"] == "fused" and "1.72x overall" in forms["g_up"]["why"]
+    assert forms["d_down"]["form"] == "unfused" and "1.20x the time at r8" in forms["d_down"]["why"]
+    assert derive_forms(_results(cases[:2])) == {}  # no fused variant measured: no decision
+    table = tmp_path / "auto.json"
+    res = _results(cases + [_case("lerp", "ref", 8, 1.0)])
+    write(res, derive(res), "bench/results/x.json", str(table), forms=forms)
+    assert _backend._load_auto_tables(str(table))[2] == {"sm_90": {"g_up": "fused", "d_down": "unfused"}}
+
+
 def test_graph_cases_give_the_graph_lists(tmp_path):
     from progan_fast.ops import _backend
     cases = [_case("lerp", "ref", 8, 1.0), _case("lerp", "triton", 8, 1.5),                    # eager: slower

@@ -6,7 +6,9 @@ by bench/step_cases.py, shared with the step profiler (bench/profile_step.py). S
 against eager_fp32 of the same resolution.
 
 FLOPs per image come from bench/flops.py (4 F_G + 14 F_D, see there), so every case reports MFU
-against the bf16 matmul ceiling measured in the same run.
+against the bf16 matmul ceiling measured in the same run. They are the paper model's FLOPs in the
+unfused resampling form; where the auto table picks the fused form for up/down layers (44 % of
+their FLOPs, the same function), the auto variants execute fewer, and their MFU counts model FLOPs.
 """
 from __future__ import annotations
 

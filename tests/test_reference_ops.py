@@ -265,12 +265,33 @@ def test_layer_decisions_come_from_the_active_list_only(monkeypatch):
     assert not _backend.auto_prefers_other_than_ref("lerp", gpu)  # a conditional ref is still the reference
 
 
+def test_auto_runs_the_fused_form_where_the_table_prefers_it(monkeypatch):
+    """forms: {"g_up": "fused"} makes auto run an up-conv in the official 4x4 transposed form (the
+    same function); explicit backends and the other layer kinds are left alone."""
+    from progan_fast.ops import _backend
+    monkeypatch.setattr(_backend, "AUTO_FORMS", {"sm_90": {"g_up": "fused", "d_down": "unfused"}})
+    monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
+    gpu = torch.device("cuda", 0)
+    assert _backend.preferred_form("g_up", gpu) == "fused" and _backend.preferred_form("d_down", gpu) == "unfused"
+    assert _backend.preferred_form("g_up", "cpu") is None and _backend.preferred_form(None, gpu) is None
+    seen = []
+    real = _backend._registry["ref"]["eq_conv2d"]
+    monkeypatch.setitem(_backend._registry["ref"], "eq_conv2d", lambda *a, **k: seen.append(k["fused_scale"]) or real(*a, **k))
+    monkeypatch.setattr(ops, "preferred_form", lambda layer, device: {"g_up": "fused"}.get(layer))  # CPU stands in
+    x, w, b = torch.randn(2, 5, 4, 4), torch.randn(7, 5, 3, 3), torch.randn(7)
+    y = ops.eq_conv2d(x, w, b, up=True, pixel_norm=True)
+    torch.testing.assert_close(y, ops.reference.eq_conv2d(x, w, b, up=True, pixel_norm=True), rtol=1e-5, atol=1e-5)
+    ops.eq_conv2d(x, w, b, up=True, pixel_norm=True, impl="ref")
+    ops.eq_conv2d(torch.randn(2, 5, 8, 8), w, b, down=True)
+    assert seen == [True, False, False]
+
+
 def test_an_unreadable_table_warns_once(tmp_path):
     from progan_fast.ops import _backend
     bad = tmp_path / "auto.json"
     bad.write_text("[1, 2]")
     with pytest.warns(RuntimeWarning) as record:
-        assert _backend._load_auto_tables(str(bad)) == ({}, {})
+        assert _backend._load_auto_tables(str(bad)) == ({}, {}, {})
     assert len(record) == 1
 
 

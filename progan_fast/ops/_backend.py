@@ -73,27 +73,31 @@ def _entry(item):
     raise ValueError(f"bad preference entry {item!r}")
 
 
-def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict]:
+def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
     """({arch: {op: preference list}} for eager calls ("ops"), the same for calls inside CUDA graphs
-    ("graph_ops")) from auto_backends.json; both empty (reference everywhere) if unreadable."""
+    ("graph_ops"), {arch: {layer kind: "fused" | "unfused"}} ("forms")) from auto_backends.json;
+    all empty (reference everywhere, unfused) if unreadable."""
     try:
         with open(path) as f:
             doc = json.load(f)
-        return tuple({arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
-                      for arch, entry in doc.get("archs", {}).items()} for key in ("ops", "graph_ops"))
+        archs = doc.get("archs", {})
+        eager, graph = ({arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
+                         for arch, entry in archs.items()} for key in ("ops", "graph_ops"))
+        forms = {arch: {str(k): str(v) for k, v in entry.get("forms", {}).items()} for arch, entry in archs.items()}
+        return eager, graph, forms
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
                       RuntimeWarning, stacklevel=2)
-        return {}, {}
+        return {}, {}, {}
 
 
 def _load_auto_table(path: str = AUTO_TABLE_PATH, key: str = "ops") -> dict[str, dict[str, tuple]]:
     """One of the two tables of `_load_auto_tables` ("ops" or "graph_ops")."""
-    eager, graph = _load_auto_tables(path)
+    eager, graph, _ = _load_auto_tables(path)
     return graph if key == "graph_ops" else eager
 
 
-AUTO_TABLE, AUTO_TABLE_GRAPH = _load_auto_tables()
+AUTO_TABLE, AUTO_TABLE_GRAPH, AUTO_FORMS = _load_auto_tables()
 _graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_graph_mode", default=False)
 _arch_of_index: dict[int, str] = {}
 
@@ -137,6 +141,14 @@ def graph_mode(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _graph_mode.reset(token)
+
+
+def preferred_form(layer: str | None, device) -> str | None:
+    """"fused" where the table measured the fused_scale form of this up/down layer kind faster (the
+    same function with 44 % of the FLOPs: `auto` may run it instead), else None."""
+    if layer is None or getattr(device, "type", device) != "cuda":
+        return None
+    return AUTO_FORMS.get(cuda_arch(getattr(device, "index", None)), {}).get(layer)
 
 
 def _entries(op: str, device) -> tuple:
