@@ -212,6 +212,25 @@ def test_igemm_backend_is_the_fused_conv_layer():
         ops.pixel_norm(x, impl="igemm")
 
 
+def test_igemm_is_no_process_wide_default():
+    for set_default in (ops.set_backend, ops.use_backend):
+        with pytest.raises(ValueError, match="igemm implements eq_conv2d only"):
+            obj = set_default("igemm")
+            if hasattr(obj, "__enter__"):
+                obj.__enter__()
+    assert ops.get_backend() == "auto"
+
+
+def test_an_igemm_import_failure_costs_only_igemm(monkeypatch):
+    import progan_fast.triton as triton_backend
+    monkeypatch.setattr(ops._backend, "_load_state", dict(ops._backend._load_state, igemm=None))
+    monkeypatch.setattr(ops._backend, "_load_errors", dict(ops._backend._load_errors))
+    monkeypatch.setattr(ops._backend, "_registry", {**ops._backend._registry, "igemm": {}})
+    monkeypatch.setattr(triton_backend, "IGEMM_ERROR", "AttributeError: no autotune here")
+    assert not ops._backend._ensure_loaded("igemm") and ops._backend._ensure_loaded("triton")
+    assert "implicit-GEMM conv failed to import: AttributeError: no autotune here" in ops.backend_error("igemm")
+
+
 def test_igemm_needs_the_triton_backend(monkeypatch):
     monkeypatch.setattr(ops._backend, "_load_state", dict(ops._backend._load_state, triton=None, igemm=None))
     monkeypatch.setattr(ops._backend, "_load_errors", dict(ops._backend._load_errors))

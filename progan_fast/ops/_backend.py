@@ -29,6 +29,7 @@ from typing import Callable, Iterator, NamedTuple
 # faster than Triton's default conv layer (cuDNN conv + fused Triton epilogue) and the reference.
 BACKENDS = ("ref", "triton", "cuda", "igemm")
 IMPLS = ("auto",) + BACKENDS
+DEFAULT_IMPLS = ("auto", "ref", "triton", "cuda")  # process-wide defaults: backends of every op
 
 _registry: dict[str, dict[str, Callable]] = {name: {} for name in BACKENDS}
 _loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast._cuda_backend",
@@ -206,10 +207,17 @@ def _ensure_loaded(backend: str) -> bool:
         _load_state[backend] = False
         _load_errors[backend] = f"disabled by PROGAN_FAST_DISABLE_{backend.upper()}=1"
         return False
-    if backend == "igemm" and not _ensure_loaded("triton"):  # part of the Triton backend
-        _load_state[backend] = False
-        _load_errors[backend] = f"needs the triton backend: {_load_errors.get('triton')}"
-        return False
+    if backend == "igemm":  # part of the Triton backend, which registers it when its import works
+        error = None
+        if not _ensure_loaded("triton"):
+            error = f"needs the triton backend: {_load_errors.get('triton')}"
+        elif "eq_conv2d" not in _registry["igemm"]:
+            import progan_fast.triton as triton_backend
+            error = f"the implicit-GEMM conv failed to import: {triton_backend.IGEMM_ERROR}"
+        if error:
+            _load_errors[backend] = error
+        _load_state[backend] = error is None
+        return _load_state[backend]
     try:
         importlib.import_module(_loaders[backend])
         _load_state[backend] = True
@@ -239,10 +247,15 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if _ensure_loaded(b)]
 
 
+def _check_default(impl: str) -> None:
+    if impl not in DEFAULT_IMPLS:
+        extra = " (igemm implements eq_conv2d only: pass impl='igemm' to that op)" if impl == "igemm" else ""
+        raise ValueError(f"unknown default backend {impl!r}; expected one of {DEFAULT_IMPLS}{extra}")
+
+
 def set_backend(impl: str) -> None:
     """Set the process-wide default backend used where an op is called with impl='auto'."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown backend {impl!r}; expected one of {IMPLS}")
+    _check_default(impl)
     _default.set(impl)
 
 
@@ -253,8 +266,7 @@ def get_backend() -> str:
 @contextlib.contextmanager
 def use_backend(impl: str) -> Iterator[None]:
     """Run the enclosed code with `impl` as the default backend."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown backend {impl!r}; expected one of {IMPLS}")
+    _check_default(impl)
     token = _default.set(impl)
     try:
         yield

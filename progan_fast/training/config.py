@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..data.dali import LOADERS
 from ..models import COND_HEADS, resolution_log2
-from ..ops._backend import IMPLS
+from ..ops._backend import DEFAULT_IMPLS
 
 
 # Per-resolution options ('4:128,8:64' on the command line, string keys in JSON) and their value type.
@@ -121,7 +121,7 @@ class TrainConfig:
         for res, mb in (self.minibatch or {}).items():
             if mb < 1:
                 raise ValueError(f"--minibatch: {res}px has minibatch {mb}; must be >= 1")
-        if self.backend not in IMPLS or self.backend == "igemm":  # igemm: eq_conv2d only, not a model backend
+        if self.backend not in DEFAULT_IMPLS:  # igemm: eq_conv2d only, not a model backend
             raise ValueError(f"--backend must be auto, ref, triton or cuda, got {self.backend!r}")
         if self.cond_head not in COND_HEADS:
             raise ValueError(f"--cond-head must be acgan or projection, got {self.cond_head!r}")

@@ -23,10 +23,15 @@ for _name, _fn in PUBLIC.items():
 # "triton" eq_conv2d by default), or the implicit-GEMM kernel with resampling and epilogue fused in
 # (conv_op.py). The latter is also the "igemm" backend, so impl="auto" can pick it per conv-layer kind
 # where the layer bench measured it faster; PROGAN_FAST_TRITON_CONV=igemm makes it "triton"'s too.
-from .conv_op import eq_conv2d_triton as _igemm  # noqa: E402
-
-register("igemm", "eq_conv2d", _igemm)
-if os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue") == "igemm":
-    register("triton", "eq_conv2d", _igemm)
+# A failure there costs only the igemm backend (ops._backend reports IGEMM_ERROR), never the ops.
+IGEMM_ERROR: str | None = None
+try:
+    from .conv_op import eq_conv2d_triton as _igemm
+except Exception as exc:  # noqa: BLE001  (a Triton version whose autotune/custom_op API differs, ...)
+    IGEMM_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    register("igemm", "eq_conv2d", _igemm)
+    if os.environ.get("PROGAN_FAST_TRITON_CONV", "epilogue") == "igemm":
+        register("triton", "eq_conv2d", _igemm)
 
 __all__ = ["ops", "PUBLIC", "launchers", *PUBLIC]
