@@ -17,8 +17,9 @@ cuda) with the eager reference measured in the same run:
   aten calls; one threshold per op captures that. A backend that qualifies from the smallest size
   on gets a plain entry ("triton"), as before; otherwise a conditional one
   ({"backend": "triton", "min_numel": N}, plus "layer" for eq_conv2d);
-- the preference list is the qualifying entries, the cheapest relative to the reference first
-  (compared on the cases they all cover: from the largest of their thresholds on), then, for
+- the preference list is a step function of size: at each measured size the cheapest backend whose
+  threshold admits it (largest threshold first, so a call takes the choice of the largest measured
+  size it reaches), then, for
   eq_conv2d, a "ref" entry per measured layer kind (that kind's decision is the layer bench's, not
   the epilogue op's), then "ref" (always the last fallback). Nothing qualifies: ["ref"]. Note that a
   threshold covers every size from N on, measured or not: with the paper schedule many resolutions
@@ -26,9 +27,10 @@ cuda) with the eager reference measured in the same run:
   that measures 8 and 128 px decides for 32-512 px from the 128-px case.
 
 The resampling form of G's up-convs and D's down-convs follows the same rule: where the official
-fused form (fused_scale: one 4x4 (transposed) stride-2 conv, 44 % of the FLOPs; the same function)
-is never more than 5 % slower than nearest-up + 3x3 / 3x3 + avg-pool on the reference (cuDNN) and at
-least 5 % cheaper in total, "forms" says so, and `auto` runs those layers in the fused form.
+fused form (fused_scale: one 4x4 (transposed) stride-2 conv, 44 % of the FLOPs; the same function),
+run on the backend the list above picks for it, is never more than 5 % slower than nearest-up + 3x3
+/ 3x3 + avg-pool on the backend picked for that, and at least 5 % cheaper in total, "forms" says so,
+and `auto` runs those layers in the fused form.
 
 The same rule on the CUDA-graph cases (mode fwdbwd_graph: device time without host dispatch) gives
 a second list per op, "graph_ops", which `auto` follows inside a captured training step
@@ -95,9 +97,9 @@ def _group_cases(results: dict, mode: str) -> dict:
 
 
 def _threshold(ref: dict, cases: dict, tolerance: float, margin: float):
-    """(min_numel, cost ratio, note) for the smallest qualifying size threshold, or (None, None, why not)."""
+    """(min_numel, note) for the smallest qualifying size threshold, or (None, why not)."""
     if set(ref) - set(cases):
-        return None, None, "not measured at every reference case"
+        return None, "not measured at every reference case"
     everywhere = None  # why the backend does not qualify at every size
     for size in sorted({n or 0 for n, _ in ref.values()}):
         keys = [k for k, (n, _) in ref.items() if (n or 0) >= size]
@@ -110,16 +112,38 @@ def _threshold(ref: dict, cases: dict, tolerance: float, margin: float):
         elif cost > (1.0 - margin) * ref_cost:
             reason = f"{ref_cost / cost:.2f}x the reference overall (needs {1 / (1 - margin):.2f}x)"
         elif everywhere is None:
-            return 0, cost / ref_cost, f"{ref_cost / cost:.2f}x the reference overall, never slower"
+            return 0, f"{ref_cost / cost:.2f}x the reference overall, never slower"
         else:
-            return size, cost / ref_cost, (f"{ref_cost / cost:.2f}x the reference at >= {size} elements "
-                                           f"({_scope(keys)}), never slower there; everywhere: {everywhere}")
+            return size, (f"{ref_cost / cost:.2f}x the reference at >= {size} elements ({_scope(keys)}), "
+                          f"never slower there (the threshold covers every size from there on, measured or "
+                          f"not); everywhere: {everywhere}")
         everywhere = everywhere or reason
-    return None, None, everywhere
+    return None, everywhere
 
 
 def _scope(keys) -> str:
     return ", ".join(_key_name(k) for k in sorted(keys, key=lambda k: (k[1] or 0, k[0] or "")))
+
+
+def _step_choices(ref: dict, qualified: list) -> list:
+    """[(backend, min_numel)] as a step function of size, largest threshold first: at each measured
+    size, every backend whose threshold admits that size, cheapest first (the later ones are
+    fallbacks where the first is not available, e.g. no built extension); steps with the same ranking
+    merge into the smallest size of the run. At run time the first entry whose threshold a call
+    reaches and whose backend is usable wins, so between two measured sizes the smaller one's
+    ranking holds."""
+    sizes = sorted({n or 0 for n, _ in ref.values()})
+    steps = []  # (size, ranked backends), ascending sizes
+    for size in sizes:
+        keys = [k for k, (n, _) in ref.items() if (n or 0) == size]
+        ranked = tuple(b for _, b in sorted((sum(cases[k][1] for k in keys), backend)
+                                            for backend, m, cases in qualified if m <= size))
+        if ranked and not (steps and steps[-1][1] == ranked):
+            steps.append((size, ranked))
+    out = []
+    for size, ranked in reversed(steps):
+        out += [(backend, 0 if size == sizes[0] else size) for backend in ranked]
+    return out
 
 
 def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: str = "fwdbwd") -> dict:
@@ -144,29 +168,23 @@ def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: s
                 continue
             if not set(ref) - set(cases):
                 costs[backend] = round(sum(cases[k][1] for k in ref) * 1e3, 4)
-            min_numel, ratio, note = _threshold(ref, cases, tolerance, margin)
-            if min_numel:
-                note += f" (from {min_numel} elements on, measured or not)"
+            min_numel, note = _threshold(ref, cases, tolerance, margin)
             entry["why"].append(f"{group + ': ' if layer else ''}{backend}: {note}")
             if min_numel is not None:
                 qualified.append((backend, min_numel, cases))
-        # rank the group's qualifying backends on the cases they all cover (the largest threshold on)
-        common = max((m for _, m, _ in qualified), default=0)
-        keys = [k for k, (n, _) in ref.items() if (n or 0) >= common]
-        ref_common = sum(ref[k][1] for k in keys)
-        for backend, min_numel, cases in qualified:
+        for backend, min_numel in _step_choices(ref, qualified):
             if layer is None and min_numel == 0:
                 choice = backend
             else:
                 choice = {"backend": backend, "min_numel": min_numel}
                 if layer is not None:
                     choice["layer"] = layer
-            entry["choices"].append((sum(cases[k][1] for k in keys) / ref_common, choice))
+            entry["choices"].append(choice)
         if layer is not None:
             entry["pins"].append({"backend": "ref", "min_numel": 0, "layer": layer})
         entry["cost_us_per_img"][group] = costs
     for op, entry in table.items():
-        entry["order"] = [c for _, c in sorted(entry.pop("choices"), key=lambda rc: rc[0])] + entry.pop("pins") + ["ref"]
+        entry["order"] = entry.pop("choices") + entry.pop("pins") + ["ref"]
         if list(entry["cost_us_per_img"]) == [op]:
             entry["cost_us_per_img"] = entry["cost_us_per_img"][op]
         entry["why"] = "; ".join(entry["why"]) or "no other backend measured"
@@ -176,29 +194,51 @@ def derive(results: dict, tolerance: float = 0.05, margin: float = 0.05, mode: s
 FORM_LAYERS = ("g_up", "d_down")  # layer kinds with a fused_scale form ("<kind>_fused" in the bench)
 
 
-def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05) -> dict:
-    """{layer kind: {"form": "fused" | "unfused", "why": str}} from the reference's fwdbwd cases of
-    each up/down layer kind and its fused_scale variant, at the same resolutions."""
-    cases: dict = defaultdict(dict)
+def _auto_backend(order: list, layer: str, numel: int | None) -> str:
+    """The backend `auto` runs for an eq_conv2d call of `layer` kind with `numel` input elements
+    under the preference list `order` (ops._backend's matching, on the JSON form)."""
+    for e in order:
+        if isinstance(e, str):
+            return e
+        if e.get("layer") in (None, layer) and (not e.get("min_numel") or (numel or 0) >= e["min_numel"]):
+            return e["backend"]
+    return "ref"
+
+
+def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05, derived: dict | None = None) -> dict:
+    """{layer kind: {"form": "fused" | "unfused", "why": str}} for G's up-convs and D's down-convs:
+    at each resolution measured in both forms, the fwdbwd time of what `auto` would run for each form
+    (the backend `derived`'s eq_conv2d list picks for that kind and size; the reference without it),
+    compared by the same rule as the backends."""
+    order = (derived or {}).get("eq_conv2d", {}).get("order", ["ref"])
+    cases: dict = defaultdict(dict)  # layer -> res -> backend -> (numel, per-image ms)
     for c in results.get("cases", []):
-        if (c.get("kind") == "layer" and c.get("backend") == "ref" and c.get("mode") == "fwdbwd"
-                and c.get("median_ms")):
-            cases[c.get("layer")][c.get("res")] = c["median_ms"] / max(1, c.get("batch") or 1)
+        if c.get("kind") == "layer" and c.get("mode") == "fwdbwd" and c.get("median_ms"):
+            per_image = c["median_ms"] / max(1, c.get("batch") or 1)
+            cases[c.get("layer")].setdefault(c.get("res"), {})[c.get("backend")] = (_numel(c), per_image)
     forms = {}
     for kind in FORM_LAYERS:
-        plain, fused = cases.get(kind), cases.get(kind + "_fused")
-        if not plain or not fused or set(plain) - set(fused):
+        plain, fused = cases.get(kind, {}), cases.get(kind + "_fused", {})
+        shared = [r for r in plain if "ref" in plain[r] and "ref" in fused.get(r, {})]
+        if not shared:
             continue
-        worst = max(plain, key=lambda r: fused[r] / plain[r])
-        total_plain, total_fused = sum(plain.values()), sum(fused[r] for r in plain)
-        if fused[worst] / plain[worst] > 1.0 + tolerance:
-            forms[kind] = {"form": "unfused", "why": f"fused: {fused[worst] / plain[worst]:.2f}x the time at r{worst}"}
+
+        def run(per_backend, layer):  # the time of what auto runs (the reference where that was not measured)
+            numel = per_backend["ref"][0]
+            return per_backend.get(_auto_backend(order, layer, numel), per_backend["ref"])[1]
+        t_plain = {r: run(plain[r], kind) for r in shared}
+        t_fused = {r: run(fused[r], kind + "_fused") for r in shared}
+        worst = max(shared, key=lambda r: t_fused[r] / t_plain[r])
+        total_plain, total_fused = sum(t_plain.values()), sum(t_fused.values())
+        if t_fused[worst] / t_plain[worst] > 1.0 + tolerance:
+            forms[kind] = {"form": "unfused", "why": f"fused: {t_fused[worst] / t_plain[worst]:.2f}x the time at r{worst}"}
         elif total_fused > (1.0 - margin) * total_plain:
             forms[kind] = {"form": "unfused", "why": f"fused: {total_plain / total_fused:.2f}x overall "
                                                      f"(needs {1 / (1 - margin):.2f}x)"}
         else:
             forms[kind] = {"form": "fused", "why": f"fused: {total_plain / total_fused:.2f}x overall, never slower "
-                                                   f"(r{', r'.join(str(r) for r in sorted(plain))})"}
+                                                   f"(r{', r'.join(str(r) for r in sorted(shared))}; each form on "
+                                                   f"the backend auto runs for it)"}
     return forms
 
 
@@ -266,7 +306,7 @@ def main(argv=None) -> int:
     results = load_results(args.results)
     derived = derive(results, args.tolerance, args.margin)
     derived_graph = derive(results, args.tolerance, args.margin, mode="fwdbwd_graph")
-    forms = derive_forms(results, args.tolerance, args.margin)
+    forms = derive_forms(results, args.tolerance, args.margin, derived)
     if not derived:
         print("auto_table: no fwdbwd op/layer cases with a reference in these results", file=sys.stderr)
         return 2

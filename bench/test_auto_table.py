@@ -77,15 +77,16 @@ def test_a_backend_that_wins_only_on_large_tensors_gets_a_size_threshold():
     assert derive(res)["pixel_norm"]["order"] == ["ref"]
 
 
-def test_backends_are_ranked_on_the_cases_they_all_cover():
-    # triton wins only at >= 5000 elements, by 2x there; cuda wins everywhere, by 1.25x overall but only
-    # 1.1x on the large cases. On the large cases (the ones both cover) triton is cheaper: it comes first.
+def test_backends_form_a_step_function_of_size():
+    # triton qualifies only from 9000 elements, where it is cheaper than cuda, which qualifies everywhere:
+    # triton (then cuda, should triton be unavailable) from 9000 on, cuda below.
     res = _results([_sized("pixel_norm", "ref", 8, 1.0, 1000), _sized("pixel_norm", "ref", 128, 4.0, 9000),
                     _sized("pixel_norm", "triton", 8, 2.0, 1000), _sized("pixel_norm", "triton", 128, 2.0, 9000),
                     _sized("pixel_norm", "cuda", 8, 0.4, 1000), _sized("pixel_norm", "cuda", 128, 3.6, 9000)])
     entry = derive(res)["pixel_norm"]
-    assert entry["order"] == [{"backend": "triton", "min_numel": 9000}, "cuda", "ref"]
-    assert "from 9000 elements on, measured or not" in entry["why"]
+    assert entry["order"] == [{"backend": "triton", "min_numel": 9000}, {"backend": "cuda", "min_numel": 9000},
+                              "cuda", "ref"]
+    assert "(the threshold covers every size from there on, measured or not)" in entry["why"]
 
 
 def test_the_fused_resampling_form_where_the_reference_runs_it_faster(tmp_path):
@@ -99,6 +100,10 @@ def test_the_fused_resampling_form_where_the_reference_runs_it_faster(tmp_path):
     assert forms["g_up"]["form"] == "fused" and "1.72x overall" in forms["g_up"]["why"]
     assert forms["d_down"]["form"] == "unfused" and "1.20x the time at r8" in forms["d_down"]["why"]
     assert derive_forms(_results(cases[:2])) == {}  # no fused variant measured: no decision
+    # Triton's conv layer wins the unfused g_up (auto would run it): the fused form on the reference
+    # no longer beats what auto runs, so the form stays unfused
+    with_triton = _results(cases + [lay("g_up", 8, 0.3, backend="triton"), lay("g_up", 128, 1.0, backend="triton")])
+    assert derive_forms(with_triton, derived=derive(with_triton))["g_up"]["form"] == "unfused"
     table = tmp_path / "auto.json"
     res = _results(cases + [_case("lerp", "ref", 8, 1.0)])
     write(res, derive(res), "bench/results/x.json", str(table), forms=forms)
