@@ -133,13 +133,15 @@ def _fused_down_weight(w):
 def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
     """Convolution with 'same' padding (odd k) or valid (even k), optionally on a nearest-2x
     upsampled input (`up`) or followed by a 2x2 average pool (`down`). `fused_scale` computes the
-    same function as one strided (transposed) 4x4 convolution, the official `fused_scale` form."""
+    same function as one strided (transposed) 4x4 convolution, the official `fused_scale` form.
+    `w` is cast to x's dtype here, after the 4x4 kernel is summed from it (in w's precision)."""
     k = w.shape[-1]
     pad = k // 2 if k % 2 == 1 else 0
     if fused_scale and up and k == 3:
-        return F.conv_transpose2d(x, _fused_up_weight(w), stride=2, padding=1)
+        return F.conv_transpose2d(x, _fused_up_weight(w).to(x.dtype), stride=2, padding=1)
     if fused_scale and down and k == 3:
-        return F.conv2d(x, _fused_down_weight(w), stride=2, padding=1)
+        return F.conv2d(x, _fused_down_weight(w).to(x.dtype), stride=2, padding=1)
+    w = w.to(x.dtype)
     if up:
         x = upsample2x(x)
     y = F.conv2d(x, w, padding=pad)
@@ -151,7 +153,7 @@ def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
 def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
               up=False, down=False, fused_scale=False, eps=1e-8):
     """One whole PGGAN conv layer: equalized-LR conv (+ up/down) -> bias -> act (-> pixel norm)."""
-    w = equalized_weight(weight, gain).to(x.dtype)
+    w = equalized_weight(weight, gain)
     y = conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
     if pixel_norm:
         return bias_act_pixel_norm(y, bias, act=act, slope=slope, eps=eps)

@@ -681,7 +681,7 @@ def public_ops(ops) -> dict:
         return ops.downsample2x(x)
 
     def eq_conv2d(x, weight, bias=None, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
-        w = reference.equalized_weight(weight, gain).to(x.dtype)
+        w = reference.equalized_weight(weight, gain)
         y = reference.conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
         if pixel_norm:
             return ops.bias_act_pixel_norm(y, bias, act, float(slope), 1.0, float(eps))
