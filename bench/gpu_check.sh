@@ -22,7 +22,7 @@
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=20
-# T_BENCH_LAYERS=50 T_BENCH_STEP=75 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_TRITON_TESTS=35 T_CUDA_TESTS=40
+# T_BENCH_LAYERS=60 T_BENCH_STEP=75 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_TRITON_TESTS=35 T_CUDA_TESTS=40
 # T_TRITON_CONV_TESTS=40 T_GPU_TESTS_SLOW=60 T_TRAIN_SMOKE=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
@@ -148,7 +148,7 @@ stage bench_host "${T_BENCH_HOST:-20}" "$PY" -m pytest bench/test_bench_host.py 
 # autotuner keeps no results across processes). Tuned tiles can only be faster than these numbers.
 export PROGAN_FAST_TRITON_AUTOTUNE=0
 # conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
-stage bench_layers "${T_BENCH_LAYERS:-50}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 # impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
 # copied, this GPU's architecture replaced: $OUT/auto_backends.json), so the step variants below
 # measure the table these numbers imply (to commit it, re-derive it from the saved results file:
@@ -181,15 +181,17 @@ if [[ $HAS_GPU == 1 ]]; then
   TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 \
     "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$OUT/profile_step.json"
-  # the kernels against the reference on the GPU (CI runs the same tests in the interpreter / CPU build)
-  stage triton_tests "${T_TRITON_TESTS:-35}" "$PY" -m pytest tests/test_triton_ops.py -q -p no:cacheprovider \
-    -k "not compile"
-  stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q -p no:cacheprovider -k "not compile"
-  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" "$PY" -m pytest tests/test_triton_conv.py -q -p no:cacheprovider \
-    -k "not compile and not autotuned"
+  # the kernels against the reference on the GPU (CI runs the same tests in the interpreter / CPU build);
+  # tests run under the committed auto table, never the one this run derived
+  stage triton_tests "${T_TRITON_TESTS:-35}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest tests/test_triton_ops.py -q \
+    -p no:cacheprovider -k "not compile"
+  stage cuda_tests "${T_CUDA_TESTS:-40}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest tests/test_cuda_ext.py -q \
+    -p no:cacheprovider -k "not compile"
+  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest \
+    tests/test_triton_conv.py -q -p no:cacheprovider -k "not compile and not autotuned"
   # the GPU tests left out above: torch.compile(fullgraph) of the ops and the conv, autotuned conv shapes
-  stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE "$PY" -m pytest tests -q -rfE -m gpu \
-    -k "compile or autotuned" -p no:cacheprovider
+  stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE -u PROGAN_FAST_AUTO_TABLE \
+    "$PY" -m pytest tests -q -rfE -m gpu -k "compile or autotuned" -p no:cacheprovider
   # the eager trainer run (the graphed one above, without --cuda-graph)
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \
     $PY -m progan_fast.train --amp --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 --no-progress \

@@ -446,6 +446,19 @@ def test_bias_gradient_op_passes_opcheck():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def test_bias_gradient_kernel_is_right_for_few_channels_too():
+    """The Python side routes C < 32 to the plain kernel (a performance choice); the kernel itself
+    must still be right there."""
+    cb = _backend_module()
+    x = rand(3, 3, 5, 7).contiguous(memory_format=torch.channels_last)
+    y, dy = reference.bias_act(x, None, act="lrelu", slope=0.2, gain=1.4), torch.randn_like(x)
+    dx, part = torch.empty_like(x), torch.empty(2, 3, device=DEVICE)  # 105 rows in blocks of 64
+    cb._C.bias_act_grad_db(dy, y, dx, part, 2, 0.2, 1.4, 1, 64)
+    want = cb._cuda_kernels.bias_act_grad(dy, y, "lrelu", 0.2, 1.4)
+    assert torch.equal(dx, want)
+    _close(part.sum(0), want.sum((0, 2, 3)), TOL[torch.float32], "db of 3 channels")
+
+
 def test_bias_gradient_kernel_checks_its_layout():
     cb = _backend_module()
     C = cb._C

@@ -174,6 +174,9 @@ def test_auto_table_is_well_formed():
                     assert item.get("layer") in layers | {None} and (op == "eq_conv2d") == ("layer" in item), item
                     item = item["backend"]
                 assert item in _backend.BACKENDS, (arch, op, order)
+    for arch, entry in doc["archs"].items():
+        assert set(entry.get("forms", {})) <= {"g_up", "d_down"}, arch
+        assert set(entry.get("forms", {}).values()) <= {"fused", "unfused"}, arch
     for key, table in (("ops", _backend.AUTO_TABLE), ("graph_ops", _backend.AUTO_TABLE_GRAPH)):
         assert table == {a: {o: tuple(_backend._entry(i) for i in v) for o, v in e.get(key, {}).items()}
                          for a, e in doc["archs"].items()}
@@ -185,6 +188,8 @@ def test_auto_picks_per_gpu_architecture(monkeypatch):
     monkeypatch.setitem(_backend._registry["triton"], "fade_reals", fake)
     monkeypatch.setitem(_backend._load_state, "triton", True)
     monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"fade_reals": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "AUTO_TABLE_GRAPH", {})
+    monkeypatch.setattr(_backend, "AUTO_FORMS", {})
     monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90", 1: "sm_80"})
     assert _backend.resolve("fade_reals", "auto", torch.device("cuda", 0)) is fake
     assert _backend.resolve("fade_reals", "auto", torch.device("cuda", 1)) is _backend._registry["ref"]["fade_reals"]
@@ -202,6 +207,8 @@ def test_auto_conditional_choices_need_the_size_and_the_layer(monkeypatch):
     monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {
         "pixel_norm": (_backend.Choice("triton", 1000), "ref"),
         "eq_conv2d": (_backend.Choice("triton", 0, "g_conv"), _backend.Choice("triton", 500, "g_up"), "ref")}})
+    monkeypatch.setattr(_backend, "AUTO_TABLE_GRAPH", {})
+    monkeypatch.setattr(_backend, "AUTO_FORMS", {})
     monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
     gpu = torch.device("cuda", 0)
     ref = _backend._registry["ref"]
@@ -321,5 +328,7 @@ def test_describe_names_the_backend_of_every_op(monkeypatch):
     monkeypatch.setitem(_backend._registry["triton"], "fade_reals", fake)
     monkeypatch.setitem(_backend._load_state, "triton", True)
     monkeypatch.setattr(_backend, "AUTO_TABLE", {"sm_90": {"fade_reals": ("triton", "ref")}})
+    monkeypatch.setattr(_backend, "AUTO_TABLE_GRAPH", {})
+    monkeypatch.setattr(_backend, "AUTO_FORMS", {})
     monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
     assert ops.describe(torch.device("cuda", 0)) == "ref (fade_reals: triton)"
