@@ -205,8 +205,7 @@ def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, u
     """The reference conv (cuDNN) followed by the epilogue op under `auto`: where the table prefers
     a fused epilogue kernel at this size, a layer the conv kernel does not win still gets it.
     (The bias was checked by eq_conv2d: the epilogue is resolved directly, without its wrapper.)"""
-    y = reference.conv2d_resample(x, reference.equalized_weight(weight, gain), up=up, down=down,
-                                  fused_scale=fused_scale)
+    y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale)
     if pixel_norm:
         return resolve("bias_act_pixel_norm", "auto", y.device, y.numel())(y, bias, act=act, slope=slope, gain=1.0,
                                                                            eps=eps)

@@ -150,11 +150,17 @@ def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
     return y
 
 
+def equalized_conv2d(x, weight, gain, *, up=False, down=False, fused_scale=False):
+    """The convolution of a PGGAN conv layer, before its bias and activation: the equalized-LR weight
+    (`weight` the raw parameter), resampled as asked. Every conv layer form that pairs cuDNN with
+    some epilogue (this reference, Triton's default layer, auto's layer) starts here."""
+    return conv2d_resample(x, equalized_weight(weight, gain), up=up, down=down, fused_scale=fused_scale)
+
+
 def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
               up=False, down=False, fused_scale=False, eps=1e-8):
     """One whole PGGAN conv layer: equalized-LR conv (+ up/down) -> bias -> act (-> pixel norm)."""
-    w = equalized_weight(weight, gain)
-    y = conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
+    y = equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale)
     if pixel_norm:
         return bias_act_pixel_norm(y, bias, act=act, slope=slope, eps=eps)
     return bias_act(y, bias, act=act, slope=slope)

@@ -681,8 +681,7 @@ def public_ops(ops) -> dict:
         return ops.downsample2x(x)
 
     def eq_conv2d(x, weight, bias=None, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
-        w = reference.equalized_weight(weight, gain)
-        y = reference.conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
+        y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale)
         if pixel_norm:
             return ops.bias_act_pixel_norm(y, bias, act, float(slope), 1.0, float(eps))
         return ops.bias_act(y, bias, act, float(slope), 1.0, 1)
