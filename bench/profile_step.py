@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from .conftest import make_settings
 from .step_cases import VARIANTS, CaseUnavailable, build_step_case
+from .timing import device_sync
 
 _FAMILIES = (  # first match wins; patterns are matched against the lower-cased kernel name
     ("progan_fast cuda", re.compile(r"progan_fast::")),
@@ -97,7 +98,7 @@ def summarize(prof, steps: int, wall_ms: float, rows: int) -> dict:
 
 def profile_case(variant: str, res: int, settings, *, steps: int, rows: int) -> dict:
     case = build_step_case(variant, res, settings)
-    sync = torch.cuda.synchronize if settings.on_gpu else (lambda: None)
+    sync = device_sync(settings.device)
     for _ in range(2):  # compile, autotune, allocate, cuDNN heuristics
         case.call()
     sync()
