@@ -122,7 +122,7 @@ def test_graph_cases_give_the_graph_lists(tmp_path):
     write(res, derive(res), "bench/results/x.json", str(table), derived_graph=graph)
     doc = json.loads(table.read_text())["archs"]["sm_90"]
     assert doc["ops"]["lerp"] == ["ref"] and doc["graph_ops"]["lerp"] == ["triton", "ref"]
-    assert _backend._load_auto_table(str(table), key="graph_ops") == {"sm_90": {"lerp": ("triton", "ref")}}
+    assert _backend._load_auto_tables(str(table))[1] == {"sm_90": {"lerp": ("triton", "ref")}}
 
 
 def test_conditional_entries_load_and_match_at_run_time(tmp_path):
@@ -132,7 +132,7 @@ def test_conditional_entries_load_and_match_at_run_time(tmp_path):
                     _case("eq_conv2d", "ref", 8, 1.0, layer="g_conv"), _case("eq_conv2d", "triton", 8, 0.5, layer="g_conv")])
     table = tmp_path / "auto.json"
     write(res, derive(res), "bench/results/x.json", str(table))
-    loaded = _backend._load_auto_table(str(table))["sm_90"]
+    loaded = _backend._load_auto_tables(str(table))[0]["sm_90"]
     assert loaded["pixel_norm"] == (_backend.Choice("triton", 9000), "ref")
     assert loaded["eq_conv2d"] == (_backend.Choice("triton", 0, "g_conv"), _backend.Choice("ref", 0, "g_conv"), "ref")
     assert _backend.Choice("ref", 0, "g_conv").matches(1, "g_conv") and not _backend.Choice("ref", 0, "g_conv").matches(1, "g_up")

@@ -32,8 +32,7 @@ IMPLS = ("auto",) + BACKENDS
 DEFAULT_IMPLS = ("auto", "ref", "triton", "cuda")  # process-wide defaults: backends of every op
 
 _registry: dict[str, dict[str, Callable]] = {name: {} for name in BACKENDS}
-_loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast._cuda_backend",
-                            "igemm": "progan_fast.triton"}
+_loaders: dict[str, str] = {"triton": "progan_fast.triton", "cuda": "progan_fast._cuda_backend"}  # igemm: triton's
 _load_state: dict[str, bool | None] = {"ref": True, "triton": None, "cuda": None, "igemm": None}
 _load_errors: dict[str, str] = {}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_backend", default="auto")
@@ -92,12 +91,6 @@ def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
         return {}, {}, {}
 
 
-def _load_auto_table(path: str = AUTO_TABLE_PATH, key: str = "ops") -> dict[str, dict[str, tuple]]:
-    """One of the two tables of `_load_auto_tables` ("ops" or "graph_ops")."""
-    eager, graph, _ = _load_auto_tables(path)
-    return graph if key == "graph_ops" else eager
-
-
 AUTO_TABLE, AUTO_TABLE_GRAPH, AUTO_FORMS = _load_auto_tables()
 _graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_graph_mode", default=False)
 _arch_of_index: dict[int, str] = {}
@@ -144,18 +137,24 @@ def graph_mode(enabled: bool = True) -> Iterator[None]:
         _graph_mode.reset(token)
 
 
+def _arch_of(device) -> str | None:
+    """The GPU architecture of a CUDA `device` (torch.device or device-type string); None off CUDA."""
+    if getattr(device, "type", device) != "cuda":
+        return None
+    return cuda_arch(getattr(device, "index", None))
+
+
 def preferred_form(layer: str | None, device) -> str | None:
     """"fused" where the table measured the fused_scale form of this up/down layer kind faster (the
     same function with 44 % of the FLOPs: `auto` may run it instead), else None."""
-    if layer is None or getattr(device, "type", device) != "cuda":
-        return None
-    return AUTO_FORMS.get(cuda_arch(getattr(device, "index", None)), {}).get(layer)
+    arch = _arch_of(device) if layer is not None else None
+    return None if arch is None else AUTO_FORMS.get(arch, {}).get(layer)
 
 
 def _entries(op: str, device) -> tuple:
-    if getattr(device, "type", device) != "cuda":
+    arch = _arch_of(device)
+    if arch is None:
         return ("ref",)
-    arch = cuda_arch(getattr(device, "index", None))
     eager = AUTO_TABLE.get(arch, {}).get(op, AUTO_DEFAULT_CUDA)
     if _graph_mode.get():
         graph = AUTO_TABLE_GRAPH.get(arch, {}).get(op)
