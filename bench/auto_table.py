@@ -44,9 +44,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import defaultdict
+
+from progan_fast.ops import _backend
 
 from .report import load_results
 
@@ -72,12 +75,7 @@ def _numel(case: dict) -> int | None:
     shape = case.get("x_shape")
     if shape is None and isinstance(case.get("shape"), dict) and case["shape"]:
         shape = next(iter(case["shape"].values()))
-    if not shape:
-        return None
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+    return math.prod(int(d) for d in shape) if shape else None
 
 
 def _group_cases(results: dict, mode: str) -> dict:
@@ -96,6 +94,19 @@ def _group_cases(results: dict, mode: str) -> dict:
     return groups
 
 
+def _judge(base: dict, new: dict, tolerance: float, margin: float):
+    """The one rule: `new` qualifies against `base` (per-image ms by the same keys) if it is never more
+    than `tolerance` slower at any key and at least `margin` cheaper in total. Returns None where it
+    qualifies, else ("slower", ratio, key) or ("margin", speedup overall); with the speedup."""
+    worst = max(base, key=lambda k: new[k] / base[k])
+    speedup = sum(base.values()) / sum(new[k] for k in base)
+    if new[worst] / base[worst] > 1.0 + tolerance:
+        return ("slower", new[worst] / base[worst], worst), speedup
+    if speedup < 1.0 / (1.0 - margin):
+        return ("margin", speedup), speedup
+    return None, speedup
+
+
 def _threshold(ref: dict, cases: dict, tolerance: float, margin: float):
     """(min_numel, note) for the smallest qualifying size threshold, or (None, why not)."""
     if set(ref) - set(cases):
@@ -103,21 +114,16 @@ def _threshold(ref: dict, cases: dict, tolerance: float, margin: float):
     everywhere = None  # why the backend does not qualify at every size
     for size in sorted({n or 0 for n, _ in ref.values()}):
         keys = [k for k, (n, _) in ref.items() if (n or 0) >= size]
-        ref_cost = sum(ref[k][1] for k in keys)
-        cost = sum(cases[k][1] for k in keys)
-        worst_key = max(keys, key=lambda k: cases[k][1] / ref[k][1])
-        worst = cases[worst_key][1] / ref[worst_key][1]
-        if worst > 1.0 + tolerance:
-            reason = f"{worst:.2f}x the reference's time at {_key_name(worst_key)}"
-        elif cost > (1.0 - margin) * ref_cost:
-            reason = f"{ref_cost / cost:.2f}x the reference overall (needs {1 / (1 - margin):.2f}x)"
-        elif everywhere is None:
-            return 0, f"{ref_cost / cost:.2f}x the reference overall, never slower"
-        else:
-            return size, (f"{ref_cost / cost:.2f}x the reference at >= {size} elements ({_scope(keys)}), "
+        failed, speedup = _judge({k: ref[k][1] for k in keys}, {k: cases[k][1] for k in keys}, tolerance, margin)
+        if failed is None and everywhere is None:
+            return 0, f"{speedup:.2f}x the reference overall, never slower"
+        if failed is None:
+            return size, (f"{speedup:.2f}x the reference at >= {size} elements ({_scope(keys)}), "
                           f"never slower there (the threshold covers every size from there on, measured or "
                           f"not); everywhere: {everywhere}")
-        everywhere = everywhere or reason
+        everywhere = everywhere or (
+            f"{failed[1]:.2f}x the reference's time at {_key_name(failed[2])}" if failed[0] == "slower"
+            else f"{failed[1]:.2f}x the reference overall (needs {1 / (1 - margin):.2f}x)")
     return None, everywhere
 
 
@@ -196,12 +202,10 @@ FORM_LAYERS = ("g_up", "d_down")  # layer kinds with a fused_scale form ("<kind>
 
 def _auto_backend(order: list, layer: str, numel: int | None) -> str:
     """The backend `auto` runs for an eq_conv2d call of `layer` kind with `numel` input elements
-    under the preference list `order` (ops._backend's matching, on the JSON form)."""
-    for e in order:
-        if isinstance(e, str):
-            return e
-        if e.get("layer") in (None, layer) and (not e.get("min_numel") or (numel or 0) >= e["min_numel"]):
-            return e["backend"]
+    under the preference list `order` (JSON form), matched as ops._backend matches it."""
+    for e in map(_backend._entry, order):
+        if isinstance(e, str) or e.matches(numel, layer):
+            return e if isinstance(e, str) else e.backend
     return "ref"
 
 
@@ -209,36 +213,31 @@ def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05, d
     """{layer kind: {"form": "fused" | "unfused", "why": str}} for G's up-convs and D's down-convs:
     at each resolution measured in both forms, the fwdbwd time of what `auto` would run for each form
     (the backend `derived`'s eq_conv2d list picks for that kind and size; the reference without it),
-    compared by the same rule as the backends."""
+    compared by the same rule as the backends (`_judge`)."""
     order = (derived or {}).get("eq_conv2d", {}).get("order", ["ref"])
-    cases: dict = defaultdict(dict)  # layer -> res -> backend -> (numel, per-image ms)
-    for c in results.get("cases", []):
-        if c.get("kind") == "layer" and c.get("mode") == "fwdbwd" and c.get("median_ms"):
-            per_image = c["median_ms"] / max(1, c.get("batch") or 1)
-            cases[c.get("layer")].setdefault(c.get("res"), {})[c.get("backend")] = (_numel(c), per_image)
+    groups = _group_cases(results, "fwdbwd")
     forms = {}
     for kind in FORM_LAYERS:
-        plain, fused = cases.get(kind, {}), cases.get(kind + "_fused", {})
-        shared = [r for r in plain if "ref" in plain[r] and "ref" in fused.get(r, {})]
+        plain, fused = groups.get(("eq_conv2d", kind), {}), groups.get(("eq_conv2d", kind + "_fused"), {})
+        shared = sorted(r for _, r in plain.get("ref", {}) if (kind + "_fused", r) in fused.get("ref", {}))
         if not shared:
             continue
 
-        def run(per_backend, layer):  # the time of what auto runs (the reference where that was not measured)
-            numel = per_backend["ref"][0]
-            return per_backend.get(_auto_backend(order, layer, numel), per_backend["ref"])[1]
-        t_plain = {r: run(plain[r], kind) for r in shared}
-        t_fused = {r: run(fused[r], kind + "_fused") for r in shared}
-        worst = max(shared, key=lambda r: t_fused[r] / t_plain[r])
-        total_plain, total_fused = sum(t_plain.values()), sum(t_fused.values())
-        if t_fused[worst] / t_plain[worst] > 1.0 + tolerance:
-            forms[kind] = {"form": "unfused", "why": f"fused: {t_fused[worst] / t_plain[worst]:.2f}x the time at r{worst}"}
-        elif total_fused > (1.0 - margin) * total_plain:
-            forms[kind] = {"form": "unfused", "why": f"fused: {total_plain / total_fused:.2f}x overall "
-                                                     f"(needs {1 / (1 - margin):.2f}x)"}
-        else:
-            forms[kind] = {"form": "fused", "why": f"fused: {total_plain / total_fused:.2f}x overall, never slower "
-                                                   f"(r{', r'.join(str(r) for r in sorted(shared))}; each form on "
+        def run(by_backend, layer, res):  # what auto runs there (the reference where that was not measured)
+            numel, ref_ms = by_backend["ref"][(layer, res)]
+            return by_backend.get(_auto_backend(order, layer, numel), {}).get((layer, res), (numel, ref_ms))[1]
+        t_plain = {r: run(plain, kind, r) for r in shared}
+        t_fused = {r: run(fused, kind + "_fused", r) for r in shared}
+        failed, speedup = _judge(t_plain, t_fused, tolerance, margin)
+        if failed is None:
+            forms[kind] = {"form": "fused", "why": f"fused: {speedup:.2f}x overall, never slower "
+                                                   f"(r{', r'.join(str(r) for r in shared)}; each form on "
                                                    f"the backend auto runs for it)"}
+        elif failed[0] == "slower":
+            forms[kind] = {"form": "unfused", "why": f"fused: {failed[1]:.2f}x the time at r{failed[2]}"}
+        else:
+            forms[kind] = {"form": "unfused", "why": f"fused: {failed[1]:.2f}x overall "
+                                                     f"(needs {1 / (1 - margin):.2f}x)"}
     return forms
 
 
