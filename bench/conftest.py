@@ -27,6 +27,8 @@ import torch
 
 from . import env
 from .paper import BATCH_1GPU, RESOLUTIONS, block_channels, prev_channels
+from progan_fast.training.trainer import configure_cudnn
+
 from .roofline import measure_ceilings
 
 BACKENDS = ("ref", "compile", "triton", "cuda")
@@ -124,6 +126,8 @@ def make_settings(quick_flag: bool) -> Settings:
     s.graph_ops = s.on_gpu and os.environ.get("PROGAN_BENCH_GRAPH_OPS", "1") != "0"
     if os.environ.get("PROGAN_BENCH_GRAPH_MAX_RES"):
         s.graph_max_res = int(os.environ["PROGAN_BENCH_GRAPH_MAX_RES"])
+    if os.environ.get("PROGAN_BENCH_CUDNN_BENCHMARK", "1") != "0":
+        configure_cudnn(device)  # as the trainer runs (env.py records the flag with the results)
     return s
 
 

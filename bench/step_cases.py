@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from progan_fast import ops
-from progan_fast.models import Discriminator, Generator
+from progan_fast.models import Discriminator, Generator, use_channels_last
 from progan_fast.training.step import TrainStep
 
 from .paper import RESOLUTIONS, log2
@@ -70,17 +70,28 @@ def check_available(variant: str, res: int, settings) -> None:
             raise CaseUnavailable(f"cuda backend unavailable: {ops.backend_error('cuda')}")
 
 
-def _make_step(variant: str, settings, G, D):
+def variant_setup(variant: str) -> tuple[str, "torch.dtype | None", bool]:
+    """(ops backend, AMP dtype, channels_last) of a variant as it runs on a GPU (on the CPU smoke
+    profile channels_last stays off)."""
     amp = None if variant == "eager_fp32" else torch.bfloat16
-    channels_last = settings.on_gpu and variant in ("fast", "triton_amp", "cuda_amp", "fast_graph")
-    kwargs = dict(amp_dtype=amp, channels_last=channels_last, device=settings.device)
-    if variant == "fast_graph":
-        kwargs["cuda_graph"] = True
+    return backend_of(variant), amp, variant in ("fast", "triton_amp", "cuda_amp", "fast_graph")
+
+
+def make_train_step(variant: str, G, D, device, channels_last: bool, **kwargs) -> TrainStep:
+    """The TrainStep of `variant` over G and D, laid out as the trainer lays them out."""
+    _, amp, _ = variant_setup(variant)
+    use_channels_last(G, D, enabled=channels_last)
+    return TrainStep(G, D, amp_dtype=amp, channels_last=channels_last, device=device, **kwargs)
+
+
+def _make_step(variant: str, settings, G, D):
+    channels_last = settings.on_gpu and variant_setup(variant)[2]
+    kwargs = dict(cuda_graph=True) if variant == "fast_graph" else {}
     if variant == "compile_amp":
         if COMPILE_D:
-            return TrainStep(torch.compile(G), torch.compile(D), **kwargs), "G+D"
-        return TrainStep(torch.compile(G), D, **kwargs), "G"
-    return TrainStep(G, D, **kwargs), None
+            return make_train_step(variant, torch.compile(G), torch.compile(D), settings.device, channels_last), "G+D"
+        return make_train_step(variant, torch.compile(G), D, settings.device, channels_last), "G"
+    return make_train_step(variant, G, D, settings.device, channels_last, **kwargs), None
 
 
 def build_step_case(variant: str, res: int, settings) -> StepCase:

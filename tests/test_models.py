@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from progan_fast import ops
-from progan_fast.models import Discriminator, Generator, count_parameters, nf
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from progan_fast.models import Discriminator, Generator, count_parameters, nf, use_channels_last
 
 # DESIGN §2 table: fmap_base=2048, fmap_max=512, latent 512, RGB (G, D millions).
 TABLE = {4: (6.56, 6.55), 8: (11.2, 11.2), 16: (13.05, 13.04), 32: (13.49, 13.48), 64: (13.59, 13.60),
@@ -89,3 +91,42 @@ def test_shapes_and_errors():
 def test_minibatch_stddev_channel_in_d():
     _, D = _small()
     assert D.conv4.weight.shape[1] == D.nf(1) + 1
+
+
+class _ConvInputs(TorchDispatchMode):
+    """Records the activation and weight of every convolution that runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.seen.append((str(func.overloadpacket), args[0] if func.overloadpacket is torch.ops.aten.convolution
+                              else args[1], args[1] if func.overloadpacket is torch.ops.aten.convolution else args[2]))
+        return func(*args, **(kwargs or {}))
+
+
+def _channels_last(t):
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("fused_scale", [False, True])
+def test_use_channels_last_keeps_every_conv_in_channels_last(fused_scale):
+    """After use_channels_last, every conv of G and of D (forward and backward, on G's output too)
+    sees channels_last activations and weights: no layer falls back to NCHW."""
+    torch.manual_seed(0)
+    G = Generator(16, fmap_base=64, fmap_max=16, fused_scale=fused_scale)
+    D = Discriminator(16, fmap_base=64, fmap_max=16, fused_scale=fused_scale)
+    use_channels_last(G, D)
+    assert G.channels_last
+    rec = _ConvInputs()
+    with rec:
+        img = G(torch.randn(4, G.latent_size), 4, 0.5)
+        D(img, 4, 0.5).sum().backward()
+    assert len(rec.seen) > 10
+    bad = [(name, tuple(x.shape)) for name, x, w in rec.seen
+           if x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and not (_channels_last(x) and _channels_last(w))]
+    assert not bad, f"convs off channels_last: {bad}"
+    use_channels_last(G, D, enabled=False)
+    assert not G.channels_last and all(p.is_contiguous() for p in G.parameters())

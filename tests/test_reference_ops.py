@@ -332,3 +332,19 @@ def test_describe_names_the_backend_of_every_op(monkeypatch):
     monkeypatch.setattr(_backend, "AUTO_FORMS", {})
     monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
     assert ops.describe(torch.device("cuda", 0)) == "ref (fade_reals: triton)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample2x_is_nearest_and_keeps_the_layout(dtype, channels_last):
+    """Each input pixel becomes a 2x2 block of itself, in x's memory format (a layout change here
+    would silently turn every later layer of G back to NCHW)."""
+    x = torch.randn(3, 5, 4, 7).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = R.upsample2x(x)
+    assert y.dtype == dtype and y.shape == (3, 5, 8, 14)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            assert torch.equal(y[:, :, dy::2, dx::2], x)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last

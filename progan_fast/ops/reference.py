@@ -20,6 +20,12 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor laid out so (and not also plain contiguous), else contiguous."""
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
     return [-1 if i == dim else 1 for i in range(x.ndim)]
 
@@ -74,12 +80,15 @@ def minibatch_stddev(x, *, group_size=4, eps=1e-8):
     y = (y.square().mean(dim=0) + eps).sqrt()  # biased variance, as the official code
     y = y.mean(dim=(1, 2, 3))  # [M]
     y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
-    return torch.cat([x, y.to(x.dtype)], dim=1)
+    # In x's layout, so that the concatenation keeps it (cat falls back to NCHW on mixed layouts)
+    return torch.cat([x, y.to(x.dtype).contiguous(memory_format=_memory_format(x))], dim=1)
 
 
 def upsample2x(x):
-    """Nearest-neighbour 2x upsampling."""
-    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    """Nearest-neighbour 2x upsampling: one kernel that keeps x's memory format (two chained
+    repeat_interleave calls wrote an intermediate and returned NCHW, silently dropping channels_last
+    for everything after G's first up layer)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 def downsample2x(x):
@@ -137,10 +146,11 @@ def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
     `w` is cast to x's dtype here, after the 4x4 kernel is summed from it (in w's precision)."""
     k = w.shape[-1]
     pad = k // 2 if k % 2 == 1 else 0
+    fmt = _memory_format(x)  # the summed 4x4 kernel comes out NCHW: cast it into x's layout
     if fused_scale and up and k == 3:
-        return F.conv_transpose2d(x, _fused_up_weight(w).to(x.dtype), stride=2, padding=1)
+        return F.conv_transpose2d(x, _fused_up_weight(w).to(x.dtype, memory_format=fmt), stride=2, padding=1)
     if fused_scale and down and k == 3:
-        return F.conv2d(x, _fused_down_weight(w).to(x.dtype), stride=2, padding=1)
+        return F.conv2d(x, _fused_down_weight(w).to(x.dtype, memory_format=fmt), stride=2, padding=1)
     w = w.to(x.dtype)
     if up:
         x = upsample2x(x)

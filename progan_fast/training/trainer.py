@@ -20,7 +20,7 @@ import torch
 from .. import ops
 from ..data import MultiResolutionDataset
 from ..data.dali import make_batch_stream
-from ..models import Discriminator, Generator, resolution_log2
+from ..models import Discriminator, Generator, resolution_log2, use_channels_last
 from ..utils.images import grid, save_png, to_uint8_nhwc
 from .checkpoint import FORMAT_VERSION, LATEST, save_atomic, serialize
 from .conditional import cond_kwargs, dataset_num_classes, grid_labels
@@ -90,6 +90,14 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def configure_cudnn(device) -> None:
+    """cuDNN autotuning on CUDA (`cudnn.benchmark`): shapes are static within a phase, so each conv
+    is timed once and the fastest algorithm is kept, instead of a heuristic pick (which can be far
+    off for bf16 and for the penalty's double-backward convs). The benchmarks set it the same way."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dataset: MultiResolutionDataset, run_dir: str | os.PathLike, *,
                  rank: int = 0, device: torch.device | None = None, progress: bool = True, log=None):
@@ -102,17 +110,15 @@ class Trainer:
             from ..metrics.evaluate import check_training_metrics
             check_training_metrics(cfg.metrics, dataset.num_channels)
         ops.set_backend(cfg.backend)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # static shapes within a phase: let cuDNN pick its kernels
+        configure_cudnn(self.device)
         if cfg.cond and (k := dataset_num_classes(dataset)) != cfg.num_classes:
             raise ValueError(f"--cond: the dataset has {k} classes but the run was set up for {cfg.num_classes}")
         torch.manual_seed(cfg.seed)  # initial weights: identical on every rank
         self.G, self.D = build_models(cfg)
         channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
-        mf = torch.channels_last if channels_last else torch.contiguous_format
-        self.G.to(self.device, memory_format=mf)
-        self.D.to(self.device, memory_format=mf)
-        self.G.channels_last = channels_last
+        self.G.to(self.device)
+        self.D.to(self.device)
+        use_channels_last(self.G, self.D, enabled=channels_last)
         amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
