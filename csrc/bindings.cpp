@@ -92,7 +92,9 @@ void check_alpha(const char* op, const OptT& alpha_t, const Tensor& x) {
               alpha_t->scalar_type());
   TORCH_CHECK(alpha_t->numel() == 1, "progan_fast._C.", op, ": alpha_t must hold one element, got shape ",
               shape(*alpha_t));
-  TORCH_CHECK(alpha_t->device() == x.device() || alpha_t->is_cpu(), "progan_fast._C.", op, ": alpha_t is on ",
+  // Same device only (as the Triton backend): a CPU alpha for CUDA inputs would need a blocking copy,
+  // which fails inside CUDA-graph capture. progan_fast.ops moves alpha to the input's device first.
+  TORCH_CHECK(alpha_t->device() == x.device(), "progan_fast._C.", op, ": alpha_t is on ",
               alpha_t->device(), " but the input is on ", x.device());
 }
 

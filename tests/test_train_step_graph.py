@@ -60,6 +60,21 @@ def test_set_lr_changes_the_optimizer_rate():
     assert all(g["lr"] == 2e-3 for opt in (step.opt_g, step.opt_d) for g in opt.param_groups)
 
 
+def test_graph_lr_loaded_on_the_cpu_moves_to_the_device():
+    """A --cuda-graph checkpoint stores each group's lr as a tensor, and checkpoints load with
+    map_location="cpu": the step must put it back on its device (fused Adam and the captured graph
+    read it there) and drop graphs that captured the old one."""
+    step = TrainStep(*_nets())
+    step.cuda_graph, step.device = True, torch.device("meta")  # meta stands in for the GPU here
+    for opt in (step.opt_g, step.opt_d):
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(5e-4)
+    step._graphs[("old phase",)] = None
+    step._sync_lr()
+    assert all(g["lr"].device.type == "meta" for opt in (step.opt_g, step.opt_d) for g in opt.param_groups)
+    assert not step._graphs
+
+
 def test_cuda_graph_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")

@@ -107,7 +107,10 @@ class TrainStep:
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 if self.cuda_graph:
-                    if not isinstance(group["lr"], torch.Tensor):
+                    lr = group["lr"]
+                    # A float, or a tensor loaded from a checkpoint (map_location="cpu"): a fresh
+                    # device tensor, which captured graphs do not know, so they are dropped.
+                    if not isinstance(lr, torch.Tensor) or lr.device.type != self.device.type:
                         group["lr"] = torch.tensor(self.lr, dtype=torch.float32, device=self.device)
                         self._graphs.clear()
                     group["lr"].fill_(self.lr)
@@ -266,7 +269,12 @@ class TrainStep:
             torch.cuda.current_stream(self.device).wait_stream(side)
             return stats
         if entry.graph is None:
-            self._capture(entry, reals, res_log2, step_alpha, labels)
+            try:
+                self._capture(entry, reals, res_log2, step_alpha, labels)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"cuda_graph: capturing the {2 ** res_log2} px step failed ({type(exc).__name__}: {exc}). "
+                    f"Train without --cuda-graph, or with --cuda-graph-max-res below {2 ** res_log2}") from exc
         entry.reals.copy_(reals)
         if labels is not None:
             entry.labels.copy_(labels)
