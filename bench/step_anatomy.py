@@ -62,7 +62,8 @@ DEFAULT_CEILINGS = {"copy_gbps": 4001.8, "matmul_tflops": 769.9, "device": "NVID
 
 _FREE = {"prim.device", "aten.detach", "aten.empty", "aten.empty_strided", "aten.new_empty",
          "aten.new_empty_strided", "aten.lift_fresh", "profiler._record_function_enter_new",
-         "profiler._record_function_exit", "aten._local_scalar_dense"}  # no kernel, no traffic
+         "profiler._record_function_exit", "aten._local_scalar_dense",
+         "aten._unsafe_view"}  # no kernel, no traffic (_unsafe_view is a view its schema does not declare)
 
 
 @dataclass
