@@ -133,11 +133,57 @@ def resource_usage(cc) -> tuple[int | None, int | None]:
     return int(regs.group(1)) if regs else None, int(stack.group(1)) if stack else None
 
 
+def jit_specialization(kernel, args, consts, arch: int):
+    """(signature, constexprs, attrs, options) exactly as `kernel[grid](*args, **consts)` would
+    specialize on a GPU: 16-byte-aligned pointers and ints divisible by 16 are marked so, ints equal
+    to 1 become constants. Those attributes decide vectorization; compiling without them yields a
+    different (more generic) kernel than the one that runs. None where this Triton lacks the internals."""
+    try:
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+        backend = make_backend(GPUTarget("cuda", arch, 32))
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, spec, options = binder(*args, **consts)
+        options, sig, constexprs, attrs = kernel._pack_args(backend, consts, bound, spec, options)
+    except (ImportError, AttributeError, TypeError):
+        return None
+    return sig, constexprs, attrs, options
+
+
+_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z_0-9]+)*?\.(?:v(\d)\.)?[bfsu](\d+)\b")
+
+
+def access_widths(ptx: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Byte widths of the global loads and of the global stores in `ptx` (16 = 128-bit vectors; a 2
+    in a bf16 / fp16 kernel means some 16-bit elements move one at a time)."""
+    widths = {"ld": set(), "st": set()}
+    for op, lanes, bits in _ACCESS.findall(ptx):
+        widths[op].add(int(lanes or 1) * int(bits) // 8)
+    return tuple(sorted(widths["ld"])), tuple(sorted(widths["st"]))
+
+
 def compile_launch(kernel, args, consts, arch: int):
-    sig, const, options = signature(kernel, args, consts)
-    src = ASTSource(fn=kernel, signature=sig, constexprs=const)
+    """(registers, stack bytes, shared memory, load widths, store widths) of the kernel the JIT would
+    build for this launch."""
+    exact = jit_specialization(kernel, args, consts, arch)
+    if exact is not None:
+        sig, const, attrs, options = exact
+        src = ASTSource(kernel, sig, const, attrs)
+        options = options.__dict__ if hasattr(options, "__dict__") else options
+    else:  # generic: no alignment attributes (Triton internals differ)
+        sig, const, options = signature(kernel, args, consts)
+        src = ASTSource(fn=kernel, signature=sig, constexprs=const)
     cc = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    return (*resource_usage(cc), cc.metadata.shared)
+    return (*resource_usage(cc), cc.metadata.shared, *access_widths(cc.asm["ptx"]))
+
+
+def _operands(args) -> str:
+    """dtype and layout of the launch's 4-D operands, e.g. 'bf16/CL' (NC = NCHW, '-' = none 4-D)."""
+    t4 = [a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4]
+    if not t4:
+        return "-"
+    cl = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in t4)
+    return f"{_DTYPES[t4[0].dtype]}/{'CL' if cl else 'NC'}"
 
 
 def main(argv=None) -> int:
@@ -148,22 +194,25 @@ def main(argv=None) -> int:
     unique = {}
     for kernel, a, consts in launches:
         sig, const, options = signature(kernel, a, consts)
+        exact = jit_specialization(kernel, a, consts, args.arch[0])
         key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
-               tuple(sorted(options.items())))
+               tuple(sorted(options.items())), str(exact[2]) if exact else "")
         unique.setdefault(key, (kernel, a, consts))
     print(f"{len(launches)} launches recorded, {len(unique)} distinct specializations")
     failures = 0
     for arch in args.arch:
-        for (name, _, const, options), (kernel, a, consts) in sorted(unique.items(), key=lambda kv: kv[0][0]):
+        for (name, _, const, options, _), (kernel, a, consts) in sorted(unique.items(), key=lambda kv: kv[0][0]):
             desc = " ".join(f"{k}={v}" for k, v in const if k not in ("ACC",))
             try:
-                regs, stack, smem = compile_launch(kernel, a, consts, arch)
+                regs, stack, smem, ld, st = compile_launch(kernel, a, consts, arch)
             except Exception as exc:
                 failures += 1
                 print(f"FAIL sm_{arch} {name} {desc}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 continue
             flag = "  SPILLS" if stack else ""
-            print(f"sm_{arch} {name:22s} regs {regs} stack {stack} smem {smem}  {desc}{flag}")
+            print(f"sm_{arch} {name:22s} regs {regs} stack {stack} smem {smem} "
+                  f"ld {','.join(map(str, ld))}B st {','.join(map(str, st))}B "
+                  f"{_operands(a)}  {desc}{flag}")
     print(f"compiled {len(unique) * len(args.arch) - failures} of {len(unique) * len(args.arch)}; "
           f"{failures} failed")
     return 1 if failures else 0
