@@ -126,9 +126,15 @@ def make_settings(quick_flag: bool) -> Settings:
     s.graph_ops = s.on_gpu and os.environ.get("PROGAN_BENCH_GRAPH_OPS", "1") != "0"
     if os.environ.get("PROGAN_BENCH_GRAPH_MAX_RES"):
         s.graph_max_res = int(os.environ["PROGAN_BENCH_GRAPH_MAX_RES"])
-    if os.environ.get("PROGAN_BENCH_CUDNN_BENCHMARK", "1") != "0":
-        configure_cudnn(device)  # as the trainer runs (env.py records the flag with the results)
     return s
+
+
+def configure_backends(settings: Settings) -> None:
+    """cuDNN as the trainer runs it (benchmark mode on CUDA; PROGAN_BENCH_CUDNN_BENCHMARK=0 keeps
+    cuDNN's heuristics). Set when the first benchmark asks for its settings, not at collection, so a
+    combined `pytest tests bench` leaves the tests' cuDNN alone; env.py records the flag."""
+    if os.environ.get("PROGAN_BENCH_CUDNN_BENCHMARK", "1") != "0":
+        configure_cudnn(settings.device)
 
 
 def pytest_addoption(parser):
@@ -172,6 +178,7 @@ def _bench_threads(request):
 
 @pytest.fixture(scope="session")
 def settings(request) -> Settings:
+    configure_backends(request.config._progan_bench)
     return request.config._progan_bench
 
 

@@ -28,7 +28,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .conftest import make_settings
+from .conftest import configure_backends, make_settings
 from .step_cases import VARIANTS, CaseUnavailable, build_step_case
 from .timing import device_sync
 
@@ -182,6 +182,7 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.rows < 1:
         p.error("--steps and --rows must be >= 1")
     settings = make_settings(quick_flag=True)
+    configure_backends(settings)
     resolutions = args.res or ([4, 64] if settings.on_gpu else [4])
     bad = [r for r in resolutions if r < 4 or r & (r - 1)]
     if bad:

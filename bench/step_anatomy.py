@@ -20,10 +20,12 @@ FLOPs cross-check the analytic model FLOPs behind the bench's MFU (bench/flops.p
         --results bench/results/2026-11-26_nvidia-h200_dd988d49.json --md anatomy.md
 
 `fast` is `impl="auto"` as it resolves on `--arch` (default sm_90) from the committed table.
-Approximations, all of which make the floor lower than any real run: CPU autocast stands in for
-CUDA autocast (convs and matmuls go to bf16 under both; the reference ops upcast explicitly
-anyway); cuDNN's workspaces and internal transposes are invisible; every non-view op counts as one
-kernel, a foreach / fused-Adam call too; fp32 convs are credited at the TF32 rate (cuDNN's default).
+Approximations: CPU autocast stands in for CUDA autocast (convs and matmuls go to bf16 under both;
+the reference ops upcast explicitly anyway, but CUDA autocast also sends a few reductions to fp32);
+cuDNN's workspaces and internal transposes are invisible; every non-view op counts as one kernel, a
+foreach / fused-Adam call too (they issue a few); fp32 convs are credited at the TF32 rate (cuDNN's
+default); a strided view counts the memory span it touches. The graph floor's 2 us per kernel is an
+assumed constant.
 """
 from __future__ import annotations
 
@@ -113,6 +115,21 @@ def _is_view(func) -> bool:
     return bool(rets) and all(r.alias_info is not None and not r.alias_info.is_write for r in rets)
 
 
+# Ops whose first argument is overwritten without being read, or only lends its shape and dtype.
+_SELF_NOT_READ = {"aten.copy_", "aten.zero_", "aten.fill_", "aten.normal_", "aten.uniform_", "aten.random_",
+                  "aten.bernoulli_", "aten.zeros_like", "aten.ones_like", "aten.empty_like", "aten.full_like",
+                  "aten.rand_like", "aten.randn_like", "aten.new_zeros", "aten.new_ones", "aten.new_full"}
+
+
+def _reads(name: str, args, kwargs) -> list:
+    """The tensors an op reads: its tensor arguments, less `out=` targets and a self that is only
+    overwritten (copy_, zero_, fill_) or only gives a shape (zeros_like, new_zeros)."""
+    skip = {id(t) for t in _tensors(kwargs.get("out"))}
+    if name in _SELF_NOT_READ and args and isinstance(args[0], torch.Tensor):
+        skip.add(id(args[0]))
+    return [t for t in _tensors((args, kwargs)) if id(t) not in skip]
+
+
 def _category(name: str, func, inputs, outputs) -> str:
     if name.startswith("progan_fast"):
         return "progan_fast ops"
@@ -121,9 +138,8 @@ def _category(name: str, func, inputs, outputs) -> str:
     if "adam" in name or name.startswith("aten._foreach") or name.startswith("aten._amp_foreach"):
         return "optimizer / EMA"
     if name in ("aten._to_copy", "aten.copy_", "aten.clone", "aten.contiguous") and inputs and outputs:
-        if inputs[0].dtype != outputs[0].dtype:
-            return "dtype casts"
-        return "layout copies"
+        src = inputs[1] if name == "aten.copy_" and len(inputs) > 1 else inputs[0]
+        return "dtype casts" if src.dtype != outputs[0].dtype else "layout copies"
     return "other elementwise / reductions"
 
 
@@ -142,7 +158,7 @@ class KernelRecorder(TorchDispatchMode):
             return out
         inputs, outputs = _tensors((args, kwargs)), _tensors(out)
         written = {id(t): t for t in outputs + _mutated(func, args, kwargs)}
-        read = {id(t): t for t in inputs}
+        read = {id(t): t for t in _reads(name, args, kwargs)}
         moved = sum(map(_extent_bytes, read.values())) + sum(map(_extent_bytes, written.values()))
         formula = flop_registry.get(func.overloadpacket)
         flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
@@ -155,6 +171,10 @@ class KernelRecorder(TorchDispatchMode):
 def _as_gpu(arch: str):
     """`auto` resolves on these CPU fake tensors as on `arch`, and Triton's ops accept them (they run
     their fake implementations here: `_tracing` is true under the recorder's dispatch mode)."""
+    # Import the Triton backend first: Triton fixes at decoration time whether a kernel is compiled
+    # or interpreted, so a first import under TRITON_INTERPRET=1 would leave this process's kernels
+    # interpreted after the variable is restored.
+    _backend._ensure_loaded("triton")
     saved_arch, saved_env = _backend._arch_of, os.environ.get("TRITON_INTERPRET")
     _backend._arch_of = lambda device: arch
     os.environ["TRITON_INTERPRET"] = "1"
@@ -202,8 +222,8 @@ def kernel_floor_s(k: Kernel, ceilings: dict, tf32: bool = True) -> float:
 
 def summarize(an: Anatomy, ceilings: dict = DEFAULT_CEILINGS, kernel_us: float = KERNEL_US) -> dict:
     """Totals per step, bytes by category, and the floors on `ceilings`' device: the roofline sum,
-    and the same with every kernel taking at least `kernel_us` (what a replayed CUDA graph cannot
-    go below: each node still costs its launch latency on the device)."""
+    and the same assuming every kernel takes at least `kernel_us` (a replayed CUDA graph still pays
+    each node's launch latency on the device; the constant is an assumption, not a measurement)."""
     by_cat = defaultdict(int)
     for k in an.kernels:
         by_cat[k.category] += k.bytes
@@ -229,15 +249,16 @@ def summarize(an: Anatomy, ceilings: dict = DEFAULT_CEILINGS, kernel_us: float =
     }
 
 
-def measured_img_s(results_path: str | None) -> dict:
-    """{(res, variant): img/s} of the step cases in a bench results document."""
+def measured_img_s(results_path: str | None, fused_scale: bool = False) -> dict:
+    """{(res, variant): img/s} of the step cases in a bench results document that ran the same
+    resampling form."""
     if not results_path:
         return {}
     with open(results_path) as f:
         doc = json.load(f)
     out = {}
     for case in doc.get("cases", []):
-        if case.get("kind") == "step" and case.get("img_s"):
+        if case.get("kind") == "step" and case.get("img_s") and bool(case.get("fused_scale")) == fused_scale:
             out[(int(case["res"]), case["variant"])] = case["img_s"]
     return out
 
@@ -288,7 +309,7 @@ def main(argv=None) -> int:
     rows = [summarize(trace_step(res, v, batch=args.batch, arch=args.arch, fused_scale=args.fused_scale), ceilings,
                       kernel_us=args.kernel_us)
             for res in args.res for v in args.variant]
-    text = markdown(rows, measured_img_s(args.results), ceilings)
+    text = markdown(rows, measured_img_s(args.results, args.fused_scale), ceilings)
     sys.stdout.write(text)
     if args.md:
         with open(args.md, "w") as f:

@@ -3,6 +3,9 @@ model FLOPs, what the fused variants remove, and `auto` resolved as on a GPU arc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from progan_fast.ops import _backend
 
 from . import step_anatomy as sa
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(fmap_base=256, fmap_decay=1.0, fmap_max=32)  # 32 channels: a paper-shaped step in ~0.2 s
 
 
@@ -34,6 +38,32 @@ def test_bytes_count_memory_extent_in_place_writes_and_skip_views():
     with rec:
         x.to(torch.bfloat16)
     assert rec.kernels[-1].category == "dtype casts" and rec.kernels[-1].bytes == nb + nb // 2
+    # written-only operands are not read: copy_'s destination, out=, zeros_like's shape source
+    z = torch.empty_like(x)
+    rec = sa.KernelRecorder()
+    with rec:
+        z.copy_(y)
+        torch.zeros_like(x)
+        torch.add(x, y, out=z)
+        z.copy_(y.to(torch.bfloat16).float())
+    assert [k.bytes for k in rec.kernels[:3]] == [2 * nb, nb, 3 * nb]
+    assert rec.kernels[-1].name == "aten.copy_" and rec.kernels[-1].category == "layout copies"
+
+
+def test_tracing_leaves_the_process_triton_kernels_compiled():
+    """trace_step sets TRITON_INTERPRET for its fake tensors; a Triton backend imported for the first
+    time under it would stay interpreted after the variable is restored."""
+    code = ("import os; from bench import step_anatomy as sa; "
+            "sa.trace_step(8, 'triton_amp', batch=4, fmap=dict(fmap_base=64, fmap_decay=1.0, fmap_max=8), model_res=8); "
+            "from progan_fast.triton import kernels, conv; "
+            "assert 'TRITON_INTERPRET' not in os.environ; "
+            "assert type(kernels.bias_act_fwd_kernel).__name__ == 'JITFunction', type(kernels.bias_act_fwd_kernel); "
+            "assert not conv.INTERPRET; print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("fused_scale", [False, True])

@@ -150,7 +150,7 @@ def jit_specialization(kernel, args, consts, arch: int):
     return sig, constexprs, attrs, options
 
 
-_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[a-z_0-9]+)*?\.(?:v(\d)\.)?[bfsu](\d+)\b")
+_ACCESS = re.compile(r"\b(ld|st)\.global(?:\.[A-Za-z_0-9:]+)*?\.(?:v(\d)\.)?[bfsu](\d+)\b")
 
 
 def access_widths(ptx: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -178,10 +178,11 @@ def compile_launch(kernel, args, consts, arch: int):
 
 
 def _operands(args) -> str:
-    """dtype and layout of the launch's 4-D operands, e.g. 'bf16/CL' (NC = NCHW, '-' = none 4-D)."""
+    """dtype and layout of the launch's main operand: 'bf16/CL', 'bf16/NC' (4-D), 'bf16/2D' ([N, C])."""
     t4 = [a for a in args if isinstance(a, torch.Tensor) and a.dim() == 4]
     if not t4:
-        return "-"
+        t2 = [a for a in args if isinstance(a, torch.Tensor) and a.dim() == 2]
+        return f"{_DTYPES[t2[0].dtype]}/2D" if t2 else "-"
     cl = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in t4)
     return f"{_DTYPES[t4[0].dtype]}/{'CL' if cl else 'NC'}"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton._layout import empty_4d
+from ._layout import empty_4d
 from .triton.library import sum_except
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2}

@@ -221,11 +221,11 @@ def use_channels_last(*networks: nn.Module, enabled: bool = True) -> None:
     """Lay G / D out for channels_last (or back to NCHW): 4-D parameters converted in place, and a
     Generator's 4x4 input laid out so. The resampling ops keep their input's layout, so every
     activation then stays channels_last: cuDNN runs NHWC kernels without transposes and the fused
-    ops' channel reductions are contiguous. Call it before optimizers or DDP take the parameters.
+    ops' channel reductions are contiguous. Call it before any optimizer state or gradient exists.
     (Converting the reals alone left G, and D on the fakes, in NCHW.)"""
     fmt = torch.channels_last if enabled else torch.contiguous_format
     for net in networks:
-        for p in net.parameters():  # in place (as Module.to does), so optimizers may already hold them
+        for p in net.parameters():  # in place, as Module.to does: the Parameter objects are kept
             if p.dim() == 4:
                 p.data = p.data.contiguous(memory_format=fmt)
         for module in net.modules():

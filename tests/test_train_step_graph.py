@@ -75,6 +75,31 @@ def test_graph_lr_loaded_on_the_cpu_moves_to_the_device():
     assert not step._graphs
 
 
+def test_resume_lays_optimizer_state_out_like_the_parameters():
+    """An NCHW run's checkpoint resumed channels_last (CPU -> GPU, or --no-channels-last -> default):
+    Adam's moments take the parameters' layout (CUDA's fused Adam refuses mixed layouts), values kept."""
+    from progan_fast.models import use_channels_last
+    src = TrainStep(*_nets())
+    src(torch.randn(4, 1, 8, 8), 3, 1.0)
+    state = src.state_dict()
+    G, D = _nets()
+    use_channels_last(G, D)
+    dst = TrainStep(G, D, channels_last=True)
+    dst.load_state_dict(state)
+    checked = 0
+    for opt, ref in ((dst.opt_g, src.opt_g), (dst.opt_d, src.opt_d)):
+        for p, p_ref in zip((p for g in opt.param_groups for p in g["params"]),
+                            (p for g in ref.param_groups for p in g["params"])):
+            if not opt.state.get(p):  # layers beyond 8 px: never stepped
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = opt.state[p][key]
+                assert moment.stride() == p.stride() and torch.equal(moment, ref.state[p_ref][key])
+                checked += p.dim() == 4 and not p.is_contiguous()
+    assert checked > 0  # channels_last parameters were among them
+    dst(torch.randn(4, 1, 8, 8), 3, 1.0)
+
+
 def test_cuda_graph_needs_cuda():
     if torch.cuda.is_available():
         pytest.skip("has CUDA")

@@ -12,18 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._layout import memory_format
+
 ACTIVATIONS = ("linear", "lrelu", "relu")
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
     """Compute dtype: fp16/bf16 are upcast to fp32; fp32 and fp64 are kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a 4-D tensor laid out so (and not also plain contiguous), else contiguous."""
-    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
@@ -81,7 +77,7 @@ def minibatch_stddev(x, *, group_size=4, eps=1e-8):
     y = y.mean(dim=(1, 2, 3))  # [M]
     y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(n, 1, h, w)
     # In x's layout, so that the concatenation keeps it (cat falls back to NCHW on mixed layouts)
-    return torch.cat([x, y.to(x.dtype).contiguous(memory_format=_memory_format(x))], dim=1)
+    return torch.cat([x, y.to(x.dtype).contiguous(memory_format=memory_format(x))], dim=1)
 
 
 def upsample2x(x):
@@ -146,7 +142,7 @@ def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False):
     `w` is cast to x's dtype here, after the 4x4 kernel is summed from it (in w's precision)."""
     k = w.shape[-1]
     pad = k // 2 if k % 2 == 1 else 0
-    fmt = _memory_format(x)  # the summed 4x4 kernel comes out NCHW: cast it into x's layout
+    fmt = memory_format(x)  # the summed 4x4 kernel comes out NCHW: cast it into x's layout
     if fused_scale and up and k == 3:
         return F.conv_transpose2d(x, _fused_up_weight(w).to(x.dtype, memory_format=fmt), stride=2, padding=1)
     if fused_scale and down and k == 3:

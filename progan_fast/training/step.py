@@ -42,6 +42,18 @@ class _GraphEntry:
     stats: dict = field(default_factory=dict)
 
 
+def _lay_out_like_params(*optimizers) -> None:
+    """Give each parameter's optimizer state the parameter's memory layout. A checkpoint keeps the
+    strides it was saved with (an NCHW CPU run resumed channels_last on a GPU, or back), and CUDA's
+    fused Adam requires params, grads and moments to share one layout."""
+    for opt in optimizers:
+        for param, st in opt.state.items():
+            for key, value in st.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    st[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class TrainStep:
     """Holds G, D, Gs (EMA of G), the optimizers and loss scalers; `step(reals, res_log2, alpha)`."""
 
@@ -332,6 +344,7 @@ class TrainStep:
         self.reset_optimizers()
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        _lay_out_like_params(self.opt_g, self.opt_d)
         self._sync_lr()  # the saved groups may carry the lr in the other form (float vs tensor)
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])

@@ -7,25 +7,12 @@ consecutive addresses, whatever the layout: NCHW, channels_last, a 2-D [N, C] la
 merge neighbours that are contiguous in every operand. NCHW bias_act becomes [N, C, H*W];
 channels_last becomes [N*H*W, C]; a dense lerp becomes one flat dim.
 
-Output allocation rules live here too, so the real kernels and the fake implementations that
-torch.compile traces always agree on output strides.
+Output allocation rules (`empty_4d`, from progan_fast/_layout.py) are shared the same way, so the
+real kernels and the fake implementations that torch.compile traces always agree on output strides.
 """
 from __future__ import annotations
 
-import torch
-
-
-def memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last if `t` is stored NHWC (and not also plain-contiguous), else contiguous."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def empty_4d(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A new 4-D tensor of `shape` stored in `like`'s memory format (used for resampled outputs)."""
-    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
-                       memory_format=memory_format(like))
+from .._layout import empty_4d, memory_format  # noqa: F401  (re-exported for the launchers)
 
 
 def dim_order(shape, strides) -> list[int]:

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import memory_format
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PN_MAX_COUT = 512  # widest C_out whose pixel norm is fused into the tile (BLOCK_N = next_pow2(C_out))
 
@@ -230,21 +232,12 @@ def output_size(h, w, k: int, up: bool, down: bool):
     return ho, wo
 
 
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Outputs follow the input: channels_last in, channels_last out; anything else NCHW."""
-    if x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def allocate_outputs(x, weight, pixel_norm, up, down):
     """(y, r) exactly as the kernel writes them; shared with the op's fake implementation."""
     n, _, h, w = x.shape
     cout, k = weight.shape[0], weight.shape[-1]
     ho, wo = output_size(h, w, k, up, down)
-    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     r = x.new_empty((n, 1, ho, wo) if pixel_norm else (0,), dtype=math_dtype(x.dtype))
     return y, r
 

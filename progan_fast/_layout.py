@@ -1,0 +1,18 @@
+"""Memory-format helpers shared by the reference ops and both kernel backends (torch only, so the
+reference and the CUDA backend need not import Triton)."""
+from __future__ import annotations
+
+import torch
+
+
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last if `t` is stored NHWC (and not also plain-contiguous), else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_4d(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new 4-D tensor of `shape` stored in `like`'s memory format (used for resampled outputs)."""
+    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
+                       memory_format=memory_format(like))
