@@ -19,7 +19,9 @@ FLOPs cross-check the analytic model FLOPs behind the bench's MFU (bench/flops.p
     python -m bench.step_anatomy --res 4 16 64 256 --variant eager_fp32 eager_amp fast triton_amp \
         --results bench/results/2026-11-26_nvidia-h200_dd988d49.json --md anatomy.md
 
-`fast` is `impl="auto"` as it resolves on `--arch` (default sm_90) from the committed table.
+`fast` is `impl="auto"` as it resolves on `--arch` (default sm_90) from the committed table (or the
+one PROGAN_FAST_AUTO_TABLE names); `fast_graph` is the same inside a CUDA graph (the table's
+"graph_ops" lists), which `--cuda-graph` replays.
 Approximations: CPU autocast stands in for CUDA autocast (convs and matmuls go to bf16 under both;
 the reference ops upcast explicitly anyway, but CUDA autocast also sends a few reductions to fp32);
 cuDNN's workspaces and internal transposes are invisible; every non-view op counts as one kernel, a
@@ -51,7 +53,9 @@ from .flops import train_step_flops
 from .paper import BATCH_1GPU, log2
 from .step_cases import make_train_step, variant_setup
 
-VARIANTS = ("eager_fp32", "eager_amp", "fast", "triton_amp")  # bench/step_cases.py's, as on a GPU
+# bench/step_cases.py's, as on a GPU; fast_graph = `fast` as auto resolves inside a CUDA graph
+# (ops.graph_mode: the table's "graph_ops" lists), i.e. the kernels one replay runs
+VARIANTS = ("eager_fp32", "eager_amp", "fast", "fast_graph", "triton_amp")
 PAPER_FMAP = dict(fmap_base=8192, fmap_decay=1.0, fmap_max=512)
 
 # Rates relative to the measured bf16 matmul rate (H100/H200 dense datasheet ratios: bf16 989,
@@ -198,7 +202,8 @@ def trace_step(res: int, variant: str, *, batch: int | None = None, arch: str = 
     batch = batch or BATCH_1GPU[res]
     fmap = fmap or PAPER_FMAP
     recorder = KernelRecorder()
-    with _as_gpu(arch), ops.use_backend(backend), FakeTensorMode(allow_non_fake_inputs=True):
+    graph = ops.graph_mode() if variant == "fast_graph" else contextlib.nullcontext()
+    with _as_gpu(arch), ops.use_backend(backend), graph, FakeTensorMode(allow_non_fake_inputs=True):
         torch.manual_seed(0)
         G = Generator(model_res, **fmap, fused_scale=fused_scale)
         D = Discriminator(model_res, **fmap, fused_scale=fused_scale)
@@ -287,7 +292,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--res", type=int, nargs="+", default=[4, 16, 64, 256], help="resolutions (px)")
-    p.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variant", nargs="+", default=[v for v in VARIANTS if v != "fast_graph"], choices=VARIANTS,
+                   help="step variants (default: all but fast_graph, which equals fast until the table has "
+                        "graph lists)")
     p.add_argument("--arch", default="sm_90", help="GPU architecture whose auto table `fast` follows")
     p.add_argument("--batch", type=int, help="batch size (default: the 1-GPU schedule's)")
     p.add_argument("--fused-scale", action="store_true", help="models in the fused_scale (4x4 stride-2) form")

@@ -95,6 +95,14 @@ def test_fast_resolves_auto_as_on_the_given_architecture(monkeypatch):
     assert not any(n.startswith("progan_fast") for n in ran["sm_none"])
 
 
+def test_fast_graph_follows_the_graph_lists(monkeypatch):
+    monkeypatch.setitem(_backend.AUTO_TABLE, "sm_test", {"bias_act_pixel_norm": ("ref",)})
+    monkeypatch.setitem(_backend.AUTO_TABLE_GRAPH, "sm_test", {"bias_act_pixel_norm": ("triton", "ref")})
+    ran = {v: {k.name for k in _trace(16, v, arch="sm_test").kernels} for v in ("fast", "fast_graph")}
+    assert "progan_fast.bias_act_pixel_norm" in ran["fast_graph"]
+    assert "progan_fast.bias_act_pixel_norm" not in ran["fast"]
+
+
 def test_cli_writes_tables_with_measured_rates(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({
