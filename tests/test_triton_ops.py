@@ -4,6 +4,7 @@ a WGAN-GP penalty through a tiny D, bad input, torch.compile.
 Without CUDA the kernels run under TRITON_INTERPRET=1 on CPU tensors (tiny shapes: the interpreter
 is slow); with CUDA the same tests run on the GPU kernels.
 """
+import contextlib
 import math
 import os
 
@@ -575,3 +576,48 @@ def test_auto_reference_conv_takes_the_preferred_epilogue(pixel_norm, min_numel,
     with ops.use_backend("ref"):  # an explicit backend is never rerouted
         ops.eq_conv2d(x, w, b, pixel_norm=pixel_norm, up=True)
     assert len(calls) == (1 if rerouted else 0)
+
+
+class _ZeroFills(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records zero tensors created in the given shapes (what autograd fills unused gradients with)."""
+
+    def __init__(self, *shapes):
+        super().__init__()
+        self.shapes, self.hits = {tuple(s) for s in shapes}, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (str(func.overloadpacket) in ("aten.zeros", "aten.zeros_like", "aten.new_zeros", "aten.zero_")
+                and isinstance(out, torch.Tensor) and tuple(out.shape) in self.shapes):
+            self.hits.append((str(func.overloadpacket), tuple(out.shape)))
+        return out
+
+
+@pytest.mark.parametrize("op", ["bias_act", "bias_act_pixel_norm"])
+@pytest.mark.parametrize("registered", [False, True])
+def test_unused_bias_gradient_is_not_zero_filled(op, registered):
+    """In the penalty's double backward the db output of a bias-gradient op is unused, and the
+    first-order node is reached through y, on which the gradient does not depend: both must get
+    None, not zero-filled gradients (an activation of zeros, then a whole backward pass over it).
+    Both the eager twin and the registered operator (what a dispatch mode / torch.compile sees);
+    the result still equals the reference's."""
+    x = rand(4, 6, 5, 5).requires_grad_()
+    b = rand(6).requires_grad_()
+    f = getattr(ops, op)
+    mode = _ZeroFills(x.shape, b.shape)
+    w = rand(*x.shape)
+    with mode if registered else contextlib.nullcontext():
+        y = f(x, b, impl="triton")
+        (gx,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+    before = list(mode.hits)
+    with mode:
+        gx.square().sum().backward()
+    assert mode.hits == before, f"zero fills in the double backward: {mode.hits[len(before):]}"
+    # the same second-order gradient as the reference (where none flows, the reference's is zeros)
+    xr, br = x.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    yr = getattr(reference, op)(xr, br)
+    (gr,) = torch.autograd.grad((yr * w).sum(), xr, create_graph=True)
+    gr.square().sum().backward()
+    for got, want in ((x.grad, xr.grad), (b.grad, br.grad)):
+        got = torch.zeros_like(want) if got is None else got
+        torch.testing.assert_close(got, want, **TOL[torch.float32])

@@ -24,6 +24,7 @@ float32; any strides (NCHW, channels_last, expanded gradients) without copies; `
 the float `alpha` or, when `alpha_t` is given, a 0-d tensor read on the device (no host sync, no
 recompile when it changes); no gradient flows to alpha (it is a schedule value).
 """
+import inspect
 from typing import Optional, Protocol
 
 import torch
@@ -121,6 +122,26 @@ def _save_leading(n_tensors: int):
         ctx.save_for_backward(*inputs[:n_tensors])
         ctx.args = tuple(inputs[n_tensors:])
     return setup
+
+
+def _not_materializing(setup):
+    """setup_context that leaves unused outputs' gradients as None (see define_ops.autograd)."""
+    def wrapped(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        if setup is not None:
+            setup(ctx, inputs, output)
+    return wrapped
+
+
+def _skipping_unused(backward, n_inputs: int):
+    """`backward`, returning no gradients at once when it receives none."""
+    nothing = (None,) * n_inputs
+
+    def wrapped(ctx, *grads):
+        if all(g is None for g in grads):
+            return nothing
+        return backward(ctx, *grads)
+    return wrapped
 
 
 def sum_except(t, dim, dtype):
@@ -222,7 +243,17 @@ def define_ops(namespace: str, kernels: KernelSet):
             return o
         return deco
 
-    def autograd(name, backward, setup=None):
+    def autograd(name, backward, setup=None, none_safe=True):
+        """Register `backward` for op `name` (custom op and eager twin alike). With `none_safe` (a
+        single-output op, or a backward that takes None for an unused output), autograd does not
+        fill unused outputs' gradients with zeros, and a node reached with no gradient at all returns
+        None at once. In the penalty's double backward that is the rule, not the exception: every
+        first-order node is reached through an input its gradient does not depend on (y of
+        bias_act_grad, db of the bias-gradient ops), and a zero-filled call ran a whole backward pass
+        over an activation of zeros."""
+        if none_safe:
+            n_inputs = len(inspect.signature(impls[name]).parameters)
+            backward, setup = _skipping_unused(backward, n_inputs), _not_materializing(setup)
         customs[name].register_autograd(backward, setup_context=setup)
         O._add(name, customs[name], _eager_function(name, impls[name], backward, setup))
 
@@ -537,7 +568,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         (alpha_t,) = ctx.saved_tensors
         return O.lerp(gda, gdb, alpha_t, ctx.alpha), None, None
 
-    autograd("lerp_grad", lerp_grad_bwd, alpha_setup)
+    autograd("lerp_grad", lerp_grad_bwd, alpha_setup, none_safe=False)
 
     # --- upsample_blend (G's fade-in) -------------------------------------------------
     def ub_check(hi, lo, alpha_t, alpha):
@@ -581,7 +612,7 @@ def define_ops(namespace: str, kernels: KernelSet):
         (alpha_t,) = ctx.saved_tensors
         return O.upsample_blend(gdhi, gdlo, alpha_t, ctx.alpha), None, None
 
-    autograd("upsample_blend_grad", ub_grad_bwd, alpha_setup)
+    autograd("upsample_blend_grad", ub_grad_bwd, alpha_setup, none_safe=False)
 
     # --- fade_reals (self-adjoint) ------------------------------------------------------
     def fade_check(x, alpha_t, alpha):
