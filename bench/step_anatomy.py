@@ -66,7 +66,7 @@ FP32_NO_TF32 = 67 / 989
 KERNEL_US = 2.0  # assumed device-side minimum per kernel in a CUDA graph (launch latency, ramp, tail)
 DEFAULT_CEILINGS = {"copy_gbps": 4001.8, "matmul_tflops": 769.9, "device": "NVIDIA H200 (measured 2026-11-26)"}
 
-_FREE = {"prim.device", "aten.detach", "aten.empty", "aten.empty_strided", "aten.new_empty",
+_FREE = {"prim.device", "aten.detach", "aten.empty", "aten.empty_strided", "aten.empty_like", "aten.new_empty",
          "aten.new_empty_strided", "aten.lift_fresh", "profiler._record_function_enter_new",
          "profiler._record_function_exit", "aten._local_scalar_dense",
          "aten._unsafe_view"}  # no kernel, no traffic (_unsafe_view is a view its schema does not declare)

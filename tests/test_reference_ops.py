@@ -348,3 +348,41 @@ def test_upsample2x_is_nearest_and_keeps_the_layout(dtype, channels_last):
         for dx in (0, 1):
             assert torch.equal(y[:, :, dy::2, dx::2], x)
     assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_equalized_weight_scales_and_casts_in_one_step_bit_identically(dtype, channels_last):
+    """equalized_weight(w, gain, dtype) is (w * scale).to(dtype) bit for bit, in w's layout, with
+    the same first- and second-order gradients (through a conv, as the penalty differentiates it)."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, 3, 3)
+    if channels_last:
+        w = w.contiguous(memory_format=torch.channels_last)
+    gain, scale = math.sqrt(2), math.sqrt(2) / math.sqrt(5 * 9)
+    w_new, w_old = w.clone().requires_grad_(), w.clone().requires_grad_()
+    x = torch.randn(2, 5, 4, 4).to(dtype).requires_grad_()
+    a, b = R.equalized_weight(w_new, gain, dtype), (w_old * scale).to(dtype)
+    assert a.dtype == dtype and torch.equal(a, b)
+    assert a.stride() == b.stride() == torch.empty_like(w, dtype=dtype).stride()
+    outs = []
+    for wt, leaf in ((a, w_new), (b, w_old)):
+        (gx,) = torch.autograd.grad(F.conv2d(x, wt, padding=1).float().square().sum(), x, create_graph=True)
+        gx.float().square().sum().backward()
+        outs.append((gx.detach(), leaf.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(R.equalized_weight(w, gain), w * scale)  # no dtype: the parameter's
+
+
+def test_equalized_linear_under_autocast_matches_scale_then_autocast():
+    from progan_fast.nn import EqualizedLinear
+    torch.manual_seed(0)
+    layer = EqualizedLinear(12, 7, gain=1.0, act="lrelu")
+    x = torch.randn(5, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y_old = R.bias_act(F.linear(x, R.equalized_weight(layer.weight, 1.0)), layer.bias, act="lrelu")
+    assert y.dtype == y_old.dtype == torch.bfloat16 and torch.equal(y, y_old)
+    g_new = torch.autograd.grad(y.float().sum(), layer.weight)[0]
+    g_old = torch.autograd.grad(y_old.float().sum(), layer.weight)[0]
+    assert torch.equal(g_new, g_old)

@@ -115,10 +115,29 @@ def lerp(a, b, alpha):
     return _lerp(a, b, alpha)
 
 
-def equalized_weight(weight, gain):
-    """The run-time weight of an equalized-LR layer: N(0,1) parameter * gain / sqrt(fan_in)."""
-    fan_in = weight[0].numel()
-    return weight * (gain / math.sqrt(fan_in))
+class _ScaleCast(torch.autograd.Function):
+    """(w * scale).to(dtype) as one kernel: a multiply into an output of `dtype`, computed in w's
+    precision, so bit-identical to scaling and then casting. The backward is the plain cast back and
+    multiply (differentiable, for the penalty's double backward)."""
+
+    @staticmethod
+    def forward(ctx, w, scale, dtype):
+        ctx.scale, ctx.w_dtype = scale, w.dtype
+        return torch.mul(w, scale, out=torch.empty_like(w, dtype=dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.w_dtype) * ctx.scale, None, None
+
+
+def equalized_weight(weight, gain, dtype=None):
+    """The run-time weight of an equalized-LR layer: N(0,1) parameter * gain / sqrt(fan_in), in
+    `dtype` (default: the parameter's). Scaling and casting run as one kernel: the per-call weight
+    preparation was a quarter of a training step's kernels at 4 px (bench/step_anatomy.py)."""
+    scale = gain / math.sqrt(weight[0].numel())
+    if dtype is None or dtype == weight.dtype:
+        return weight * scale
+    return _ScaleCast.apply(weight, scale, dtype)
 
 
 def _fused_up_weight(w):
@@ -160,7 +179,9 @@ def equalized_conv2d(x, weight, gain, *, up=False, down=False, fused_scale=False
     """The convolution of a PGGAN conv layer, before its bias and activation: the equalized-LR weight
     (`weight` the raw parameter), resampled as asked. Every conv layer form that pairs cuDNN with
     some epilogue (this reference, Triton's default layer, auto's layer) starts here."""
-    return conv2d_resample(x, equalized_weight(weight, gain), up=up, down=down, fused_scale=fused_scale)
+    fused = fused_scale and (up or down) and weight.shape[-1] == 3  # its 4x4 kernel is summed before the cast
+    w = equalized_weight(weight, gain, None if fused else x.dtype)
+    return conv2d_resample(x, w, up=up, down=down, fused_scale=fused_scale)
 
 
 def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2, pixel_norm=False,
