@@ -386,3 +386,37 @@ def test_equalized_linear_under_autocast_matches_scale_then_autocast():
     g_new = torch.autograd.grad(y.float().sum(), layer.weight)[0]
     g_old = torch.autograd.grad(y_old.float().sum(), layer.weight)[0]
     assert torch.equal(g_new, g_old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool2x2_matches_avg_pool2d_to_second_order_without_zero_fills(dtype, channels_last):
+    """avg_pool2x2 is F.avg_pool2d(x, 2): same values, layout, first- and second-order gradients
+    (through a conv, as the penalty differentiates D's down layers), and its double backward creates
+    no zero tensor the size of x (aten's rule for avg_pool2d_backward does)."""
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 6, 8).to(dtype)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 4, 3, 3).to(dtype)
+    results = []
+    for pool in (R.avg_pool2x2, lambda t: F.avg_pool2d(t, 2)):
+        x = x0.clone().requires_grad_()
+        h = F.conv2d(x, w, padding=1).requires_grad_()
+        y = pool(h)
+        (gx,) = torch.autograd.grad(y.float().square().sum(), x, create_graph=True)
+        zeros = []
+
+        class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if "zero" in str(func.overloadpacket) and isinstance(out, torch.Tensor) and out.shape == h.shape:
+                    zeros.append(str(func.overloadpacket))
+                return out
+        with Spy():
+            gx.float().square().sum().backward()
+        results.append((y.detach(), gx.detach(), x.grad, zeros))
+    (y1, g1, xg1, z1), (y2, g2, xg2, z2) = results
+    assert torch.equal(y1, y2) and y1.stride() == y2.stride()
+    assert torch.equal(g1, g2) and torch.equal(xg1, xg2)
+    assert not z1 and z2  # the spy sees aten's zero fill, and none from avg_pool2x2
