@@ -17,8 +17,13 @@ from .._layout import memory_format
 ACTIVATIONS = ("linear", "lrelu", "relu")
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 compute in fp32; fp32 and fp64 in themselves."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _up(x: torch.Tensor) -> torch.Tensor:
-    """Compute dtype: fp16/bf16 are upcast to fp32; fp32 and fp64 are kept."""
+    """x in its compute dtype (fp16/bf16 upcast to fp32; fp32 and fp64 kept)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -34,15 +39,27 @@ def _activate(x: torch.Tensor, act: str, slope: float) -> torch.Tensor:
     return x
 
 
+def _biased(x, b, dim):
+    """x + b in the compute dtype. A half x meets the fp32 bias in one add (type promotion reads x
+    as fp32), not an upcast copy and then an add: the same values, one pass fewer."""
+    if b is None:
+        return _up(x)
+    b = _up(b).reshape(_broadcast_shape(x, dim))
+    return x + b if b.dtype == _compute_dtype(x.dtype) else _up(x) + b
+
+
+def _scaled_to(y, gain, dtype):
+    """(y * gain).to(dtype), the multiply and the cast in one pass where both are needed."""
+    if gain == 1.0:
+        return y.to(dtype)
+    if y.dtype == dtype:
+        return y * gain
+    return _ScaleCast.apply(y, gain, dtype)
+
+
 def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
     """act(x + b) * gain, with b broadcast along `dim`."""
-    y = _up(x)
-    if b is not None:
-        y = y + _up(b).reshape(_broadcast_shape(x, dim))
-    y = _activate(y, act, slope)
-    if gain != 1.0:
-        y = y * gain
-    return y.to(x.dtype)
+    return _scaled_to(_activate(_biased(x, b, dim), act, slope), gain, x.dtype)
 
 
 def pixel_norm(x, *, eps=1e-8, dim=1):
@@ -54,10 +71,7 @@ def pixel_norm(x, *, eps=1e-8, dim=1):
 
 def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
     """G's conv epilogue: pixel_norm(act(x + b) * gain) over channels (dim 1)."""
-    y = _up(x)
-    if b is not None:
-        y = y + _up(b).reshape(_broadcast_shape(x, 1))
-    y = _activate(y, act, slope)
+    y = _activate(_biased(x, b, 1), act, slope)
     if gain != 1.0:
         y = y * gain
     y = y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps)
@@ -140,7 +154,8 @@ def lerp(a, b, alpha):
 class _ScaleCast(torch.autograd.Function):
     """(w * scale).to(dtype) as one kernel: a multiply into an output of `dtype`, computed in w's
     precision, so bit-identical to scaling and then casting. The backward is the plain cast back and
-    multiply (differentiable, for the penalty's double backward)."""
+    multiply (differentiable, for the penalty's double backward). Used for the equalized-LR weights
+    and the activations' gain."""
 
     @staticmethod
     def forward(ctx, w, scale, dtype):
