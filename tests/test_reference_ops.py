@@ -471,3 +471,27 @@ def test_epilogues_fold_upcast_and_gain_bit_identically(dtype, op, fp32_bias):
         with Count():
             R.bias_act(x0, b0, **kw)
         assert Count.n == 3  # add (x read as fp32), leaky_relu, gain-and-cast: was 5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 4), False), ((3, 5, 4, 4), True), ((6, 9), False)])
+def test_pixel_norm_fuses_its_final_cast_bit_identically(dtype, shape, channels_last):
+    """pixel_norm multiplies by the per-pixel factor straight into x's dtype: the same values, layout,
+    first- and second-order gradients as multiplying in fp32 and then casting."""
+    torch.manual_seed(0)
+    x0 = torch.randn(*shape).to(dtype)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+
+    def two_step(x):
+        y = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return (y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + 1e-8)).to(x.dtype)
+    results = []
+    for f in (R.pixel_norm, two_step):
+        x = x0.clone().requires_grad_()
+        y = f(x)
+        (g,) = torch.autograd.grad(y.float().pow(3).sum(), x, create_graph=True)
+        g.float().square().sum().backward()
+        results.append((y.detach(), g.detach(), x.grad))
+    for a, c in zip(*results):
+        assert a.dtype == c.dtype and a.stride() == c.stride() and torch.equal(a, c)

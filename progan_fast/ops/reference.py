@@ -65,8 +65,7 @@ def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
 def pixel_norm(x, *, eps=1e-8, dim=1):
     """x * rsqrt(mean(x^2 over `dim`) + eps)."""
     y = _up(x)
-    y = y * torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps)
-    return y.to(x.dtype)
+    return _times_to(y, torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps), x.dtype)
 
 
 def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
@@ -74,8 +73,7 @@ def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8
     y = _activate(_biased(x, b, 1), act, slope)
     if gain != 1.0:
         y = y * gain
-    y = y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps)
-    return y.to(x.dtype)
+    return _times_to(y, torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps), x.dtype)
 
 
 _pixel_norm = pixel_norm  # eq_conv2d's `pixel_norm` flag shadows the function name
@@ -165,6 +163,28 @@ class _ScaleCast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return g.to(ctx.w_dtype) * ctx.scale, None, None
+
+
+class _MulCast(torch.autograd.Function):
+    """(a * b).to(dtype) as one kernel for tensors a (the activation) and b (a per-pixel factor
+    broadcast over channels), computed in a's precision; backward as autograd would do it for the
+    two-step form (cast back, multiply, sum b's gradient over its broadcast dims), differentiable."""
+
+    @staticmethod
+    def forward(ctx, a, b, dtype):
+        ctx.save_for_backward(a, b)
+        return torch.mul(a, b, out=torch.empty_like(a, dtype=dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        g = g.to(a.dtype)
+        return g * b, (g * a).sum_to_size(b.shape), None
+
+
+def _times_to(a, b, dtype):
+    """(a * b).to(dtype), in one pass where a cast is needed."""
+    return a * b if a.dtype == dtype else _MulCast.apply(a, b, dtype)
 
 
 def equalized_weight(weight, gain, dtype=None):
