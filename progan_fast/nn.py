@@ -49,9 +49,10 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # under autocast the weight is made in its dtype at once (autocast would cast it again otherwise)
-        amp = torch.is_autocast_enabled(x.device.type)
+        dev = x.device.type
+        amp = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
         y = F.linear(x, ops.reference.equalized_weight(
-            self.weight, self.gain, torch.get_autocast_dtype(x.device.type) if amp else None))
+            self.weight, self.gain, torch.get_autocast_dtype(dev) if amp else None))
         if self.bias is None and self.act == "linear":
             return y
         return ops.bias_act(y, self.bias, act=self.act, slope=self.slope)

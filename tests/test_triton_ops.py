@@ -517,6 +517,8 @@ def _compiled_fn(x, b, lo, alpha):
 def _check_compile(backend):
     import torch._dynamo
     from torch._dynamo.utils import counters
+    from progan_fast.ops import _backend
+    assert _backend._ensure_loaded("triton")  # import the backend before tracing (Dynamo cannot trace an import)
     torch._dynamo.reset()
     counters.clear()
     fn = torch.compile(_compiled_fn, fullgraph=True, backend=backend)

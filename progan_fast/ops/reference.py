@@ -52,8 +52,8 @@ def _scaled_to(y, gain, dtype):
     """(y * gain).to(dtype), the multiply and the cast in one pass where both are needed."""
     if gain == 1.0:
         return y.to(dtype)
-    if y.dtype == dtype:
-        return y * gain
+    if y.dtype == dtype or not _one_pass_casts():
+        return (y * gain).to(dtype)
     return _ScaleCast.apply(y, gain, dtype)
 
 
@@ -182,9 +182,17 @@ class _MulCast(torch.autograd.Function):
         return g * b, (g * a).sum_to_size(b.shape), None
 
 
+def _one_pass_casts() -> bool:
+    """Eager only: a compiler fuses the two-step form itself (and an `out=` argument laid out
+    channels_last may break its graph)."""
+    return not torch.compiler.is_compiling()
+
+
 def _times_to(a, b, dtype):
     """(a * b).to(dtype), in one pass where a cast is needed."""
-    return a * b if a.dtype == dtype else _MulCast.apply(a, b, dtype)
+    if a.dtype == dtype or not _one_pass_casts():
+        return (a * b).to(dtype)
+    return _MulCast.apply(a, b, dtype)
 
 
 def equalized_weight(weight, gain, dtype=None):
@@ -194,6 +202,8 @@ def equalized_weight(weight, gain, dtype=None):
     scale = gain / math.sqrt(weight[0].numel())
     if dtype is None or dtype == weight.dtype:
         return weight * scale
+    if not _one_pass_casts():
+        return (weight * scale).to(dtype)
     return _ScaleCast.apply(weight, scale, dtype)
 
 

@@ -250,7 +250,10 @@ def define_ops(namespace: str, kernels: KernelSet):
         None at once. In the penalty's double backward that is the rule, not the exception: every
         first-order node is reached through an input its gradient does not depend on (y of
         bias_act_grad, db of the bias-gradient ops), and a zero-filled call ran a whole backward pass
-        over an activation of zeros."""
+        over an activation of zeros.
+        A consequence: a gradient that can only flow through such skipped nodes is None, not zeros
+        (e.g. autograd.grad of the penalty alone with respect to a bias: pass allow_unused=True).
+        Training is unaffected: every parameter also gets its first-order gradient."""
         if none_safe:
             n_inputs = len(inspect.signature(impls[name]).parameters)
             backward, setup = _skipping_unused(backward, n_inputs), _not_materializing(setup)
