@@ -24,7 +24,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _up(x: torch.Tensor) -> torch.Tensor:
     """x in its compute dtype (fp16/bf16 upcast to fp32; fp32 and fp64 kept)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return x.to(_compute_dtype(x.dtype))
 
 
 def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
@@ -48,24 +48,16 @@ def _biased(x, b, dim):
     return x + b if b.dtype == _compute_dtype(x.dtype) else _up(x) + b
 
 
-def _scaled_to(y, gain, dtype):
-    """(y * gain).to(dtype), the multiply and the cast in one pass where both are needed."""
-    if gain == 1.0:
-        return y.to(dtype)
-    if y.dtype == dtype or not _one_pass_casts():
-        return (y * gain).to(dtype)
-    return _ScaleCast.apply(y, gain, dtype)
-
-
 def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
     """act(x + b) * gain, with b broadcast along `dim`."""
-    return _scaled_to(_activate(_biased(x, b, dim), act, slope), gain, x.dtype)
+    y = _activate(_biased(x, b, dim), act, slope)
+    return y.to(x.dtype) if gain == 1.0 else _mul_to(y, gain, x.dtype)
 
 
 def pixel_norm(x, *, eps=1e-8, dim=1):
     """x * rsqrt(mean(x^2 over `dim`) + eps)."""
     y = _up(x)
-    return _times_to(y, torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps), x.dtype)
+    return _mul_to(y, torch.rsqrt(y.square().mean(dim=dim, keepdim=True) + eps), x.dtype)
 
 
 def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8):
@@ -73,7 +65,7 @@ def bias_act_pixel_norm(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, eps=1e-8
     y = _activate(_biased(x, b, 1), act, slope)
     if gain != 1.0:
         y = y * gain
-    return _times_to(y, torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps), x.dtype)
+    return _mul_to(y, torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps), x.dtype)
 
 
 _pixel_norm = pixel_norm  # eq_conv2d's `pixel_norm` flag shadows the function name
@@ -149,48 +141,32 @@ def lerp(a, b, alpha):
     return _lerp(a, b, alpha)
 
 
-class _ScaleCast(torch.autograd.Function):
-    """(w * scale).to(dtype) as one kernel: a multiply into an output of `dtype`, computed in w's
-    precision, so bit-identical to scaling and then casting. The backward is the plain cast back and
-    multiply (differentiable, for the penalty's double backward). Used for the equalized-LR weights
-    and the activations' gain."""
-
-    @staticmethod
-    def forward(ctx, w, scale, dtype):
-        ctx.scale, ctx.w_dtype = scale, w.dtype
-        return torch.mul(w, scale, out=torch.empty_like(w, dtype=dtype))
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.to(ctx.w_dtype) * ctx.scale, None, None
-
-
 class _MulCast(torch.autograd.Function):
-    """(a * b).to(dtype) as one kernel for tensors a (the activation) and b (a per-pixel factor
-    broadcast over channels), computed in a's precision; backward as autograd would do it for the
-    two-step form (cast back, multiply, sum b's gradient over its broadcast dims), differentiable."""
+    """(a * b).to(dtype) as one kernel: a multiply into an output of `dtype`, computed in a's
+    precision, so bit-identical to multiplying and then casting. `b` is a Python scale (the
+    equalized-LR weight scale, an activation's gain) or a tensor broadcast against a (the pixel-norm
+    factor). The backward is autograd's for the two-step form (cast back, multiply, sum b's gradient
+    over its broadcast dims), differentiable for the penalty's double backward."""
 
     @staticmethod
     def forward(ctx, a, b, dtype):
-        ctx.save_for_backward(a, b)
+        ctx.a_dtype, ctx.scale = a.dtype, None if isinstance(b, torch.Tensor) else b
+        ctx.save_for_backward(*((a, b) if ctx.scale is None else ()))
         return torch.mul(a, b, out=torch.empty_like(a, dtype=dtype))
 
     @staticmethod
     def backward(ctx, g):
+        g = g.to(ctx.a_dtype)
+        if ctx.scale is not None:
+            return g * ctx.scale, None, None
         a, b = ctx.saved_tensors
-        g = g.to(a.dtype)
         return g * b, (g * a).sum_to_size(b.shape), None
 
 
-def _one_pass_casts() -> bool:
-    """Eager only: a compiler fuses the two-step form itself (and an `out=` argument laid out
-    channels_last may break its graph)."""
-    return not torch.compiler.is_compiling()
-
-
-def _times_to(a, b, dtype):
-    """(a * b).to(dtype), in one pass where a cast is needed."""
-    if a.dtype == dtype or not _one_pass_casts():
+def _mul_to(a, b, dtype):
+    """(a * b).to(dtype): in one pass where a cast is needed, in eager mode (a compiler fuses the
+    two-step form itself, and an `out=` laid out channels_last may break its graph)."""
+    if a.dtype == dtype or torch.compiler.is_compiling():
         return (a * b).to(dtype)
     return _MulCast.apply(a, b, dtype)
 
@@ -199,12 +175,7 @@ def equalized_weight(weight, gain, dtype=None):
     """The run-time weight of an equalized-LR layer: N(0,1) parameter * gain / sqrt(fan_in), in
     `dtype` (default: the parameter's). Scaling and casting run as one kernel: the per-call weight
     preparation was a quarter of a training step's kernels at 4 px (bench/step_anatomy.py)."""
-    scale = gain / math.sqrt(weight[0].numel())
-    if dtype is None or dtype == weight.dtype:
-        return weight * scale
-    if not _one_pass_casts():
-        return (weight * scale).to(dtype)
-    return _ScaleCast.apply(weight, scale, dtype)
+    return _mul_to(weight, gain / math.sqrt(weight[0].numel()), dtype or weight.dtype)
 
 
 def _fused_up_weight(w):
