@@ -602,7 +602,8 @@ def test_unused_bias_gradient_is_not_zero_filled(op, registered):
     first-order node is reached through y, on which the gradient does not depend: both must get
     None, not zero-filled gradients (an activation of zeros, then a whole backward pass over it).
     Both the eager twin and the registered operator (what a dispatch mode / torch.compile sees);
-    the result still equals the reference's."""
+    the result still equals the reference's (to the second-order tolerance)."""
+    torch.manual_seed(0)
     x = rand(4, 6, 5, 5).requires_grad_()
     b = rand(6).requires_grad_()
     f = getattr(ops, op)
@@ -622,4 +623,4 @@ def test_unused_bias_gradient_is_not_zero_filled(op, registered):
     gr.square().sum().backward()
     for got, want in ((x.grad, xr.grad), (b.grad, br.grad)):
         got = torch.zeros_like(want) if got is None else got
-        torch.testing.assert_close(got, want, **TOL[torch.float32])
+        torch.testing.assert_close(got, want, **TOL2[torch.float32])
