@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._layout import empty_4d
+from ._layout import acc_dtype, empty_4d
 from .triton.library import sum_except
 
 ACT_CODES = {"linear": 0, "relu": 1, "lrelu": 2}
@@ -46,7 +46,7 @@ def bias_act_grad_db(dy, y, act, slope, gain, dim):
     Where the bias dim has unit stride in dense operands (channels_last, 2-D [N, C]) and C >= 32, one
     kernel writes dx and per-row-block partial sums of it, so dx is not read a second time; elsewhere
     (NCHW, few channels) the plain kernel and a torch sum."""
-    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dy.dtype)
     yy = y if ACT_CODES[act] != 0 else None
     cols = dy.shape[dim]
     rows_by_cols = ((dim == dy.dim() - 1 and dy.is_contiguous())  # [..., C] row-major

@@ -1,5 +1,5 @@
-"""Memory-format helpers shared by the reference ops and both kernel backends (torch only, so the
-reference and the CUDA backend need not import Triton)."""
+"""Memory-format and accumulation-dtype helpers shared by the reference ops and both kernel backends
+(torch only, so the reference and the CUDA backend need not import Triton)."""
 from __future__ import annotations
 
 import torch
@@ -16,3 +16,8 @@ def empty_4d(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> tor
     """A new 4-D tensor of `shape` stored in `like`'s memory format (used for resampled outputs)."""
     return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
                        memory_format=memory_format(like))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in: fp64 for fp64 tensors (checks), fp32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import memory_format
+from .._layout import acc_dtype, memory_format
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PN_MAX_COUT = 512  # widest C_out whose pixel norm is fused into the tile (BLOCK_N = next_pow2(C_out))
@@ -238,7 +238,7 @@ def allocate_outputs(x, weight, pixel_norm, up, down):
     cout, k = weight.shape[0], weight.shape[-1]
     ho, wo = output_size(h, w, k, up, down)
     y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=memory_format(x))
-    r = x.new_empty((n, 1, ho, wo) if pixel_norm else (0,), dtype=math_dtype(x.dtype))
+    r = x.new_empty((n, 1, ho, wo) if pixel_norm else (0,), dtype=acc_dtype(x.dtype))
     return y, r
 
 
@@ -280,11 +280,6 @@ def _fold(k, up, down, device, dtype):
     return f
 
 
-def math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for fp32 and 16-bit tensors, fp64 for fp64 (checks)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def prepare_weight(weight: torch.Tensor, dtype: torch.dtype, up: bool, down: bool):
     """Raw [Cout, Cin, k, k] parameter -> the kernel's [phases, KT, KT, Cin, Cout] operand: unscaled,
     taps folded by one einsum where resampling merges them, then cast to the activation dtype.
@@ -322,18 +317,18 @@ def eq_conv2d_forward(x, weight, bias, gain, act, slope, pixel_norm, up, down, e
     hp, wp = (ho + ph - 1) // ph, (wo + ph - 1) // ph
     m = n * hp * wp
     fused_pn = pixel_norm and cout <= PN_MAX_COUT
-    out = y if (fused_pn or not pixel_norm) else torch.empty_like(y, dtype=math_dtype(y.dtype))
+    out = y if (fused_pn or not pixel_norm) else torch.empty_like(y, dtype=acc_dtype(y.dtype))
     if x.dtype == torch.float64 or (x.dtype == torch.float32 and not _flags["tf32"]):
         precision = "ieee"
     else:
         precision = "tf32"  # only fp32 operands are affected; 16-bit ones always use tensor cores
-    acc_dtype = _TL_ACC.get(x.dtype, tl.float32)
+    tl_acc = _TL_ACC.get(x.dtype, tl.float32)
     args = (x, w_op, bias if bias is not None else w_op, out, r if fused_pn else out,
             h, w_in, cin, cout, ho, wo, hp, wp, m,
             *x.stride(), *out.stride(), scale, 0.0 if act == "relu" else slope, eps,
             triton.next_power_of_2(m), kt * kt * cin)
     const = dict(KT=kt, PH=ph, IS=2 if down else 1, PAD=conv_padding(k), UP=up, HAS_BIAS=bias is not None,
-                 LRELU=act in ("lrelu", "relu"), PIXEL_NORM=fused_pn, PRECISION=precision, ACC_DTYPE=acc_dtype)
+                 LRELU=act in ("lrelu", "relu"), PIXEL_NORM=fused_pn, PRECISION=precision, ACC_DTYPE=tl_acc)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         if INTERPRET or not _flags["autotune"]:
             meta = _heuristic_meta(m, cin, cout, fused_pn)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .._layout import acc_dtype
 from . import conv, library
 
 __all__ = ["eq_conv2d_triton", "eq_linear_triton", "eq_conv2d_backward"]
@@ -35,7 +36,7 @@ def _(x, weight, bias, gain, act, slope, pixel_norm, up, down, eps):
 def _epilogue_vjp(gy, gr, y, r, act, slope, pixel_norm):
     """d loss / d pre-activation, in fp32, from the saved output (and pixel-norm factor r).
     act mask: sign(pre) == sign(y) since r > 0; pixel norm: y = a*r, r = (mean a^2 + eps)^-1/2."""
-    f = conv.math_dtype(gy.dtype)
+    f = acc_dtype(gy.dtype)
     g = gy.to(f)
     if pixel_norm:
         yf = y.to(f)
@@ -83,7 +84,7 @@ def eq_conv2d_backward(gy, gr, x, weight, y, r, *, gain, act, slope, pixel_norm,
     gb = g.sum(dim=(0, 2, 3)) if needs[2] else None
     gx = gw = None
     if needs[0] or needs[1]:
-        f = conv.math_dtype(x.dtype)
+        f = acc_dtype(x.dtype)
         w_eff = _effective_weight(weight.to(f) * scale, up, down).to(x.dtype)
         stride, pad, transposed = _conv_form(k, up, down)
         gx, gw_eff, _ = torch.ops.aten.convolution_backward(

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from . import kernels as K
 from ._launch import launch
+from .._layout import acc_dtype
 from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction
 from .library import sum_except
 
@@ -44,10 +45,6 @@ def _tile_elems(t: torch.Tensor) -> int:
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_torch(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check(op: str, *tensors) -> torch.device:
@@ -193,7 +190,7 @@ def bias_act_grad_db(dy, y, act, slope, gain, dim):
     _check("bias_act_grad_db", dy, y)
     code = ACT_CODES[act]
     yy = y if code != K.ACT_LINEAR else None
-    acc = _acc_torch(dy.dtype)
+    acc = acc_dtype(dy.dtype)
     dx = torch.empty_like(dy)
     strides = (dy.stride(), yy.stride() if yy is not None else (0,) * dy.dim(), dx.stride())
     geo = _bias_grad_geometry(tuple(dy.shape), strides, dim, _tile_elems(dy), BIAS_ROWS,
@@ -371,7 +368,7 @@ def _pixel_norm_launch(kernel, tensors, bias, dim, n_lead, bwd=False, db=False, 
     if bwd:
         fused = db and one
         if fused:  # one row of C partials per program (its BLOCK_I pixels)
-            part = torch.empty((grid[0], ints[1]), dtype=_acc_torch(out.dtype), device=out.device)
+            part = torch.empty((grid[0], ints[1]), dtype=acc_dtype(out.dtype), device=out.device)
         ptrs = ptrs + [part if fused else out]
         consts = dict(consts, DB=fused)
     with _guard(out.device):
@@ -404,7 +401,7 @@ def bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps):
     db = _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, 1, 2, bwd=True, db=True, slope=float(slope),
                             gain=float(gain), eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
     if db is None:
-        db = sum_except(dx, 1, _acc_torch(dx.dtype))
+        db = sum_except(dx, 1, acc_dtype(dx.dtype))
     return dx, db
 
 
@@ -439,7 +436,7 @@ def minibatch_stddev(x, group_size, eps):
     if out.numel() == 0:
         return out
     order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems(x))
-    acc = _acc_torch(x.dtype)
+    acc = acc_dtype(x.dtype)
     part = torch.empty(m * p, dtype=acc, device=x.device)
     idx64 = max(max_offset(x.shape, x.stride()), max_offset(out.shape, out.stride())) > _I32_LIMIT
     with _guard(x.device):
@@ -463,7 +460,7 @@ def minibatch_stddev_grad(dy, x, group_size, eps):
     if x.numel() == 0:
         return dx
     order, sizes, length, gp, block, p = _mbstd_geometry(tuple(x.shape), x.stride(), g, _tile_elems(x))
-    gs = torch.empty(m, dtype=_acc_torch(x.dtype), device=x.device)
+    gs = torch.empty(m, dtype=acc_dtype(x.dtype), device=x.device)
     idx64 = max(max_offset(t.shape, t.stride()) for t in (dy, x, dx)) > _I32_LIMIT
     with _guard(x.device):
         launch(K.mbstd_gsum_kernel, (m,),

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _second_order as so
+from .._layout import acc_dtype
 from ._layout import empty_4d
 
 ACTS = ("linear", "relu", "lrelu")
@@ -151,7 +152,7 @@ def sum_except(t, dim, dtype):
 
 
 def _reduce_bias(dx, dim, b):
-    return sum_except(dx, dim, torch.float32 if b.dtype != torch.float64 else torch.float64).to(b.dtype)
+    return sum_except(dx, dim, acc_dtype(b.dtype)).to(b.dtype)
 
 
 def _join_bias_cotangent(gdx, gdb, view, shape, dtype, device):
@@ -328,8 +329,7 @@ def define_ops(namespace: str, kernels: KernelSet):
 
         def bias_act_grad_db_fake(dy, y, act, slope, gain, dim):
             bias_act_grad_db_check(dy, y, act, slope, gain, dim)
-            acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
-            return torch.empty_like(dy), dy.new_empty((dy.shape[dim],), dtype=acc)
+            return torch.empty_like(dy), dy.new_empty((dy.shape[dim],), dtype=acc_dtype(dy.dtype))
 
         @op("bias_act_grad_db", bias_act_grad_db_fake)
         def bias_act_grad_db(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float,
@@ -466,8 +466,7 @@ def define_ops(namespace: str, kernels: KernelSet):
 
         def bapn_grad_db_fake(dy, x, b, act, slope, gain, eps):
             bapn_grad_db_check(dy, x, b, act, slope, gain, eps)
-            acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-            return torch.empty_like(x), x.new_empty((x.shape[1],), dtype=acc)
+            return torch.empty_like(x), x.new_empty((x.shape[1],), dtype=acc_dtype(x.dtype))
 
         @op("bias_act_pixel_norm_grad_db", bapn_grad_db_fake)
         def bias_act_pixel_norm_grad_db(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
