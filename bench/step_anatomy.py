@@ -136,7 +136,7 @@ def _reads(name: str, args, kwargs) -> list:
     return [t for t in _tensors((args, kwargs)) if id(t) not in skip]
 
 
-def _category(name: str, func, inputs, outputs) -> str:
+def _category(name: str, inputs, outputs) -> str:
     if name.startswith("progan_fast"):
         return "progan_fast ops"
     if name in ("aten.convolution", "aten.convolution_backward", "aten.mm", "aten.addmm", "aten.bmm"):
@@ -169,7 +169,7 @@ class KernelRecorder(TorchDispatchMode):
         formula = flop_registry.get(func.overloadpacket)
         flops = int(formula(*args, **kwargs, out_val=out)) if formula is not None else 0
         dtype = inputs[0].dtype if flops and inputs else None
-        self.kernels.append(Kernel(name, _category(name, func, inputs, outputs), moved, flops, dtype))
+        self.kernels.append(Kernel(name, _category(name, inputs, outputs), moved, flops, dtype))
         return out
 
 
@@ -217,12 +217,12 @@ def trace_step(res: int, variant: str, *, batch: int | None = None, arch: str = 
     return Anatomy(res, variant, batch, fmap, fused_scale, recorder.kernels)
 
 
-def kernel_floor_s(k: Kernel, ceilings: dict, tf32: bool = True) -> float:
+def kernel_floor_s(k: Kernel, ceilings: dict) -> float:
     t_mem = k.bytes / (ceilings["copy_gbps"] * 1e9)
     if not k.flops:
         return t_mem
     rate = RATE_OF_DTYPE.get(k.dtype, 1.0)
-    if k.dtype == torch.float32 and not (tf32 and k.name.startswith("aten.convolution")):
+    if k.dtype == torch.float32 and not k.name.startswith("aten.convolution"):
         rate = FP32_NO_TF32  # matmuls in fp32 (torch's default: no TF32 for matmul)
     return max(t_mem, k.flops / (ceilings["matmul_tflops"] * 1e12 * rate))
 
@@ -234,20 +234,19 @@ def summarize(an: Anatomy, ceilings: dict = DEFAULT_CEILINGS, kernel_us: float =
     by_cat = defaultdict(int)
     for k in an.kernels:
         by_cat[k.category] += k.bytes
-    conv_flops = sum(k.flops for k in an.kernels)
+    total_bytes = sum(by_cat.values())
     floors = [kernel_floor_s(k, ceilings) for k in an.kernels]
     floor_s = sum(floors)
     graph_floor_s = sum(max(t, kernel_us * 1e-6) for t in floors)
-    mem_s = sum(k.bytes for k in an.kernels) / (ceilings["copy_gbps"] * 1e9)
     return {
         "res": an.res, "variant": an.variant, "batch": an.batch,
         "kernels": len(an.kernels),
-        "gbytes": sum(by_cat.values()) / 1e9,
+        "gbytes": total_bytes / 1e9,
         "gbytes_by_category": {c: b / 1e9 for c, b in sorted(by_cat.items(), key=lambda kv: -kv[1])},
-        "gflop": conv_flops / 1e9,
+        "gflop": sum(k.flops for k in an.kernels) / 1e9,
         # bench/flops.py's analytic count of the form that ran (the bench credits the unfused one)
         "model_gflop": train_step_flops(log2(an.res), **an.fmap, fused_scale=an.fused_scale) * an.batch / 1e9,
-        "mem_ms": mem_s * 1e3,
+        "mem_ms": total_bytes / (ceilings["copy_gbps"] * 1e9) * 1e3,
         "floor_ms": floor_s * 1e3,
         "floor_img_s": an.batch / floor_s if floor_s else None,
         "graph_floor_ms": graph_floor_s * 1e3,
@@ -256,15 +255,11 @@ def summarize(an: Anatomy, ceilings: dict = DEFAULT_CEILINGS, kernel_us: float =
     }
 
 
-def measured_img_s(results_path: str | None, fused_scale: bool = False) -> dict:
+def measured_img_s(doc: dict | None, fused_scale: bool = False) -> dict:
     """{(res, variant): img/s} of the step cases in a bench results document that ran the same
     resampling form."""
-    if not results_path:
-        return {}
-    with open(results_path) as f:
-        doc = json.load(f)
     out = {}
-    for case in doc.get("cases", []):
+    for case in (doc or {}).get("cases", []):
         if case.get("kind") == "step" and case.get("img_s") and bool(case.get("fused_scale")) == fused_scale:
             out[(int(case["res"]), case["variant"])] = case["img_s"]
     return out
@@ -309,7 +304,7 @@ def main(argv=None) -> int:
     for res in args.res:
         if res not in BATCH_1GPU:
             p.error(f"--res {res}: choose from {sorted(BATCH_1GPU)}")
-    ceilings = dict(DEFAULT_CEILINGS)
+    ceilings, doc = dict(DEFAULT_CEILINGS), None
     if args.results:
         with open(args.results) as f:
             doc = json.load(f)
@@ -318,7 +313,7 @@ def main(argv=None) -> int:
     rows = [summarize(trace_step(res, v, batch=args.batch, arch=args.arch, fused_scale=args.fused_scale), ceilings,
                       kernel_us=args.kernel_us)
             for res in args.res for v in args.variant]
-    text = markdown(rows, measured_img_s(args.results, args.fused_scale), ceilings)
+    text = markdown(rows, measured_img_s(doc, args.fused_scale), ceilings)
     sys.stdout.write(text)
     if args.md:
         with open(args.md, "w") as f:
