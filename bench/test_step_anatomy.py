@@ -85,7 +85,8 @@ def test_fused_variants_remove_casts_bytes_and_kernels():
     assert rows["triton_amp"]["gbytes_by_category"]["progan_fast ops"] > 0
     for r in rows.values():
         assert 0 < r["floor_ms"] <= r["graph_floor_ms"]
-        assert r["graph_floor_ms"] >= r["kernels"] * r["kernel_us"] * 1e-3
+        # (a sum of per-kernel floors: equal up to float rounding when every kernel is launch-bound)
+        assert r["graph_floor_ms"] >= r["kernels"] * r["kernel_us"] * 1e-3 * (1 - 1e-9)
 
 
 def test_fast_resolves_auto_as_on_the_given_architecture(monkeypatch):

@@ -432,8 +432,26 @@ def test_bias_gradient_summed_with_dx(shape, layout, act, fused, dtype, rows_per
     assert torch.equal(dx, want) and dx.stride() == want.stride()
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert db.dtype == acc
-    _close(db, want.to(acc).sum([d for d in range(x.dim()) if d != 1]), TOL2.get(dtype, TOL[dtype]),
-           "db against the sum of dx")
+    _close_to_sum_of_stored(db, want, [d for d in range(x.dim()) if d != 1])
+
+
+# Unit roundoff of each storage dtype, and of the kernel's fp32 (fp64) summation.
+UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def _close_to_sum_of_stored(db, dx, dims):
+    """db (summed from the unrounded dx values) vs the fp64 sum of the stored dx: each stored term
+    is within one rounding of its unrounded value, so the two sums differ by at most
+    u_storage * sum |dx|, plus the summation errors of the kernel and of this check (n * u_acc * sum |dx|
+    each, loosely).
+    A fixed rtol/atol on the result fails now and then where the terms cancel (bf16: 36 terms
+    near 1 summing to ~0)."""
+    terms = dx.double()
+    n = dx.numel() // db.numel()
+    bound = (UNIT_ROUNDOFF[dx.dtype] + 2 * n * UNIT_ROUNDOFF[db.dtype]) * terms.abs().sum(dims) + 1e-30
+    err = (db.double() - terms.sum(dims)).abs()
+    assert bool((err <= bound).all()), \
+        f"db against the sum of dx: max error {err.max().item():.3g}, bound there {bound[err.argmax()].item():.3g}"
 
 
 def test_bias_gradient_op_passes_opcheck():
