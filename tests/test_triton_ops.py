@@ -490,6 +490,35 @@ def test_bad_input_errors():
         torch.ops.progan_fast.upsample_blend(rand(2, 3, 4, 4), rand(2, 3, 3, 2), None, 0.5)
 
 
+BAD_CALLS = {  # an operator called with a bad argument, and the error it must raise
+    "mbstd_group": (lambda O, r: O.minibatch_stddev(r(6, 3, 2, 2), 4, 1e-8), "not divisible"),
+    "mbstd_grad_shape": (lambda O, r: O.minibatch_stddev_grad(r(4, 3, 2, 2), r(4, 3, 2, 2), 4, 1e-8), "dy must be"),
+    "down_3d": (lambda O, r: O.downsample2x(r(4, 3, 2)), "4-D"),
+    "down_grad_3d": (lambda O, r: O.downsample2x_grad(r(4, 3, 2)), "4-D"),
+    "bias_len": (lambda O, r: O.bias_act(r(2, 3, 2, 2), r(4), "lrelu", 0.2, 1.0, 1), "elements"),
+    "act_name": (lambda O, r: O.bias_act_grad(r(2, 3), r(2, 3), "gelu", 0.2, 1.0), "act"),
+    "pn_grad_shape": (lambda O, r: O.pixel_norm_grad(r(2, 3), r(2, 4), 1e-8, 1), "shape"),
+    "bapn_db_no_bias": (lambda O, r: O.bias_act_pixel_norm_grad_db(r(2, 3, 2, 2), r(2, 3, 2, 2), None, "lrelu",
+                                                                    0.2, 1.0, 1e-8), "needs the bias"),
+    "ub_half_res": (lambda O, r: O.upsample_blend(r(2, 3, 4, 4), r(2, 3, 3, 2), None, 0.5), "half resolution"),
+    "fade_odd": (lambda O, r: O.fade_reals(r(2, 3, 3, 4), None, 0.5), "even"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_input_errors_are_the_same_when_traced(case):
+    """Every operator validates its arguments on both paths: before its kernel, and in the fake
+    implementation torch.compile traces (define_ops' `op` runs the check in both)."""
+    call, match = BAD_CALLS[case]
+    O = torch.ops.progan_fast
+    with pytest.raises(ValueError, match=match) as eager:
+        call(O, lambda *shape: rand(*shape))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), pytest.raises(ValueError, match=match) as traced:
+        call(O, lambda *shape: torch.empty(*shape, device=DEVICE))
+    assert str(traced.value) == str(eager.value)
+
+
 def test_alpha_grad_is_refused():
     a, b = rand(2, 3).requires_grad_(), rand(2, 3)
     alpha = torch.tensor(0.5, device=DEVICE, requires_grad=True)

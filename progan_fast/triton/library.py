@@ -24,6 +24,7 @@ float32; any strides (NCHW, channels_last, expanded gradients) without copies; `
 the float `alpha` or, when `alpha_t` is given, a 0-d tensor read on the device (no host sync, no
 recompile when it changes); no gradient flows to alpha (it is a schedule value).
 """
+import functools
 import inspect
 from typing import Optional, Protocol
 
@@ -63,9 +64,10 @@ _defined: dict = {}
 
 
 # ----------------------------------------------------------------------------- validation
-# Each operator has a `<name>_check` (argument validation, shared by the real kernel and the fake)
-# and a `<name>_fake` (check + an empty output of the right shape, layout and dtype). The real call
-# runs the check only: an eager op call allocates no throwaway output.
+# Each operator has a `<name>_check` (argument validation) and an output rule (`_like(i)`, or a
+# `<name>_outputs` for resampled / widened / extra outputs). `define_ops`'s `op` runs the check on
+# both paths: before the kernel, and in the fake implementation, before the output rule (an eager
+# call allocates no throwaway output).
 
 def _req(cond: bool, msg: str, exc=ValueError):
     if not cond:
@@ -191,6 +193,11 @@ def _eager_function(name: str, impl, backward, setup=None):
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+def _like(i: int):
+    """A fake implementation's output rule: one empty tensor like argument i (shape, dtype, strides)."""
+    return lambda *args: torch.empty_like(args[i])
+
+
 def _tracing(first) -> bool:
     """True when something other than plain eager execution sees the call: torch.compile / export,
     make_fx / AOTAutograd (dispatch modes), FakeTensor or other tensor subclasses, torch function
@@ -236,11 +243,24 @@ def define_ops(namespace: str, kernels: KernelSet):
     k = kernels
     impls, customs = {}, {}
 
-    def op(name, fake):
+    def op(name, check, outputs):
+        """Register the kernel call below as `<namespace>::<name>` (the schema comes from its
+        annotations). `check(*args)` raises the clear errors; it runs first on every path: the
+        kernel's, and the fake implementation's, which hands torch.compile and the other tracers
+        `outputs(*args)` (empty tensors with the outputs' shapes, dtypes and layouts)."""
         def deco(fn):
-            o = torch.library.custom_op(f"{namespace}::{name}", fn, mutates_args=())
+            @functools.wraps(fn)  # keeps fn's signature, from which custom_op infers the schema
+            def impl(*args):
+                check(*args)
+                return fn(*args)
+
+            def fake(*args):
+                check(*args)
+                return outputs(*args)
+
+            o = torch.library.custom_op(f"{namespace}::{name}", impl, mutates_args=())
             o.register_fake(fake)
-            impls[name], customs[name] = fn, o
+            impls[name], customs[name] = impl, o
             return o
         return deco
 
@@ -267,13 +287,8 @@ def define_ops(namespace: str, kernels: KernelSet):
         _req(0 <= dim < x.dim(), f"progan_fast.bias_act: dim {dim} out of range for {x.dim()}-D input")
         _v_bias("bias_act", x, b, dim)
 
-    def bias_act_fake(x, b, act, slope, gain, dim):
-        bias_act_check(x, b, act, slope, gain, dim)
-        return torch.empty_like(x)
-
-    @op("bias_act", bias_act_fake)
+    @op("bias_act", bias_act_check, _like(0))
     def bias_act(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float, dim: int) -> Tensor:
-        bias_act_check(x, b, act, slope, gain, dim)
         return k.bias_act(x, b, act, slope, gain, dim)
 
     def bias_act_grad_check(dy, y, act, slope, gain):
@@ -282,13 +297,8 @@ def define_ops(namespace: str, kernels: KernelSet):
         if y is not None:
             _req(y.shape == dy.shape, f"progan_fast.bias_act_grad: dy {tuple(dy.shape)} vs y {tuple(y.shape)}")
 
-    def bias_act_grad_fake(dy, y, act, slope, gain):
-        bias_act_grad_check(dy, y, act, slope, gain)
-        return torch.empty_like(dy)
-
-    @op("bias_act_grad", bias_act_grad_fake)
+    @op("bias_act_grad", bias_act_grad_check, _like(0))
     def bias_act_grad(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float) -> Tensor:
-        bias_act_grad_check(dy, y, act, slope, gain)
         return k.bias_act_grad(dy, y, act, slope, gain)
 
     def bias_act_setup(ctx, inputs, output):
@@ -327,14 +337,12 @@ def define_ops(namespace: str, kernels: KernelSet):
             bias_act_grad_check(dy, y, act, slope, gain)
             _req(0 <= dim < dy.dim(), f"progan_fast.bias_act_grad_db: dim {dim} out of range for {dy.dim()}-D dy")
 
-        def bias_act_grad_db_fake(dy, y, act, slope, gain, dim):
-            bias_act_grad_db_check(dy, y, act, slope, gain, dim)
+        def bias_act_grad_db_outputs(dy, y, act, slope, gain, dim):
             return torch.empty_like(dy), dy.new_empty((dy.shape[dim],), dtype=acc_dtype(dy.dtype))
 
-        @op("bias_act_grad_db", bias_act_grad_db_fake)
+        @op("bias_act_grad_db", bias_act_grad_db_check, bias_act_grad_db_outputs)
         def bias_act_grad_db(dy: Tensor, y: Optional[Tensor], act: str, slope: float, gain: float,
                              dim: int) -> tuple[Tensor, Tensor]:
-            bias_act_grad_db_check(dy, y, act, slope, gain, dim)
             return k.bias_act_grad_db(dy, y, act, slope, gain, dim)
 
         def bias_act_grad_db_setup(ctx, inputs, output):
@@ -357,25 +365,15 @@ def define_ops(namespace: str, kernels: KernelSet):
     def pixel_norm_check(x, eps, dim):
         _req(0 <= dim < x.dim(), f"progan_fast.pixel_norm: dim {dim} out of range for {x.dim()}-D input")
 
-    def pixel_norm_fake(x, eps, dim):
-        pixel_norm_check(x, eps, dim)
-        return torch.empty_like(x)
-
-    @op("pixel_norm", pixel_norm_fake)
+    @op("pixel_norm", pixel_norm_check, _like(0))
     def pixel_norm(x: Tensor, eps: float, dim: int) -> Tensor:
-        pixel_norm_check(x, eps, dim)
         return k.pixel_norm(x, eps, dim)
 
     def pixel_norm_grad_check(dy, x, eps, dim):
         _v_same("pixel_norm_grad", dy, x, "dy/x shape")
 
-    def pixel_norm_grad_fake(dy, x, eps, dim):
-        pixel_norm_grad_check(dy, x, eps, dim)
-        return torch.empty_like(x)
-
-    @op("pixel_norm_grad", pixel_norm_grad_fake)
+    @op("pixel_norm_grad", pixel_norm_grad_check, _like(1))
     def pixel_norm_grad(dy: Tensor, x: Tensor, eps: float, dim: int) -> Tensor:
-        pixel_norm_grad_check(dy, x, eps, dim)
         return k.pixel_norm_grad(dy, x, eps, dim)
 
     pixel_norm_setup = _save_leading(1)
@@ -405,28 +403,18 @@ def define_ops(namespace: str, kernels: KernelSet):
         _v_act("bias_act_pixel_norm", act)
         _v_bias("bias_act_pixel_norm", x, b, 1)
 
-    def bapn_fake(x, b, act, slope, gain, eps):
-        bapn_check(x, b, act, slope, gain, eps)
-        return torch.empty_like(x)
-
-    @op("bias_act_pixel_norm", bapn_fake)
+    @op("bias_act_pixel_norm", bapn_check, _like(0))
     def bias_act_pixel_norm(x: Tensor, b: Optional[Tensor], act: str, slope: float, gain: float,
                             eps: float) -> Tensor:
-        bapn_check(x, b, act, slope, gain, eps)
         return k.bias_act_pixel_norm(x, b, act, slope, gain, eps)
 
     def bapn_grad_check(dy, x, b, act, slope, gain, eps):
         _v_same("bias_act_pixel_norm_grad", dy, x, "dy/x shape")
         bapn_check(x, b, act, slope, gain, eps)
 
-    def bapn_grad_fake(dy, x, b, act, slope, gain, eps):
-        bapn_grad_check(dy, x, b, act, slope, gain, eps)
-        return torch.empty_like(x)
-
-    @op("bias_act_pixel_norm_grad", bapn_grad_fake)
+    @op("bias_act_pixel_norm_grad", bapn_grad_check, _like(1))
     def bias_act_pixel_norm_grad(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
                                  gain: float, eps: float) -> Tensor:
-        bapn_grad_check(dy, x, b, act, slope, gain, eps)
         return k.bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps)
 
     bapn_setup = _save_leading(2)
@@ -464,14 +452,12 @@ def define_ops(namespace: str, kernels: KernelSet):
             bapn_grad_check(dy, x, b, act, slope, gain, eps)
             _req(b is not None, "progan_fast.bias_act_pixel_norm_grad_db: needs the bias b")
 
-        def bapn_grad_db_fake(dy, x, b, act, slope, gain, eps):
-            bapn_grad_db_check(dy, x, b, act, slope, gain, eps)
+        def bapn_grad_db_outputs(dy, x, b, act, slope, gain, eps):
             return torch.empty_like(x), x.new_empty((x.shape[1],), dtype=acc_dtype(x.dtype))
 
-        @op("bias_act_pixel_norm_grad_db", bapn_grad_db_fake)
+        @op("bias_act_pixel_norm_grad_db", bapn_grad_db_check, bapn_grad_db_outputs)
         def bias_act_pixel_norm_grad_db(dy: Tensor, x: Tensor, b: Optional[Tensor], act: str, slope: float,
                                         gain: float, eps: float) -> tuple[Tensor, Tensor]:
-            bapn_grad_db_check(dy, x, b, act, slope, gain, eps)
             return k.bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps)
 
         def bapn_grad_db_bwd(ctx, gdx, gdb):
@@ -485,14 +471,12 @@ def define_ops(namespace: str, kernels: KernelSet):
     def mbstd_check(x, group_size, eps):
         _v_group("minibatch_stddev", x, group_size)
 
-    def mbstd_fake(x, group_size, eps):
-        mbstd_check(x, group_size, eps)
+    def mbstd_outputs(x, group_size, eps):
         n, c, h, w = x.shape
         return empty_4d((n, c + 1, h, w), x)
 
-    @op("minibatch_stddev", mbstd_fake)
+    @op("minibatch_stddev", mbstd_check, mbstd_outputs)
     def minibatch_stddev(x: Tensor, group_size: int, eps: float) -> Tensor:
-        mbstd_check(x, group_size, eps)
         return k.minibatch_stddev(x, group_size, eps)
 
     def mbstd_grad_check(dy, x, group_size, eps):
@@ -501,13 +485,8 @@ def define_ops(namespace: str, kernels: KernelSet):
         _req(tuple(dy.shape) == (n, c + 1, h, w),
              f"progan_fast.minibatch_stddev_grad: dy must be {(n, c + 1, h, w)}, got {tuple(dy.shape)}")
 
-    def mbstd_grad_fake(dy, x, group_size, eps):
-        mbstd_grad_check(dy, x, group_size, eps)
-        return torch.empty_like(x)
-
-    @op("minibatch_stddev_grad", mbstd_grad_fake)
+    @op("minibatch_stddev_grad", mbstd_grad_check, _like(1))
     def minibatch_stddev_grad(dy: Tensor, x: Tensor, group_size: int, eps: float) -> Tensor:
-        mbstd_grad_check(dy, x, group_size, eps)
         return k.minibatch_stddev_grad(dy, x, group_size, eps)
 
     mbstd_setup = _save_leading(1)
@@ -532,25 +511,18 @@ def define_ops(namespace: str, kernels: KernelSet):
         _v_same("lerp", a, b)
         _v_alpha("lerp", alpha_t)
 
-    def lerp_fake(a, b, alpha_t, alpha):
-        lerp_check(a, b, alpha_t, alpha)
-        return torch.empty_like(a)
-
-    @op("lerp", lerp_fake)
+    @op("lerp", lerp_check, _like(0))
     def lerp(a: Tensor, b: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        lerp_check(a, b, alpha_t, alpha)
         return k.lerp(a, b, alpha_t, alpha)
 
     def lerp_grad_check(g, alpha_t, alpha):
         _v_alpha("lerp_grad", alpha_t)
 
-    def lerp_grad_fake(g, alpha_t, alpha):
-        lerp_grad_check(g, alpha_t, alpha)
+    def lerp_grad_outputs(g, alpha_t, alpha):
         return torch.empty_like(g), torch.empty_like(g)
 
-    @op("lerp_grad", lerp_grad_fake)
+    @op("lerp_grad", lerp_grad_check, lerp_grad_outputs)
     def lerp_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
-        lerp_grad_check(g, alpha_t, alpha)
         return k.lerp_grad(g, alpha_t, alpha)
 
     def alpha_setup(ctx, inputs, output):
@@ -578,27 +550,20 @@ def define_ops(namespace: str, kernels: KernelSet):
         _req(hi.dtype == lo.dtype, f"progan_fast.upsample_blend: hi is {hi.dtype} but lo is {lo.dtype}")
         _v_alpha("upsample_blend", alpha_t)
 
-    def ub_fake(hi, lo, alpha_t, alpha):
-        ub_check(hi, lo, alpha_t, alpha)
-        return torch.empty_like(hi)
-
-    @op("upsample_blend", ub_fake)
+    @op("upsample_blend", ub_check, _like(0))
     def upsample_blend(hi: Tensor, lo: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        ub_check(hi, lo, alpha_t, alpha)
         return k.upsample_blend(hi, lo, alpha_t, alpha)
 
     def ub_grad_check(g, alpha_t, alpha):
         _v_4d("upsample_blend_grad", "g", g)
         _v_alpha("upsample_blend_grad", alpha_t)
 
-    def ub_grad_fake(g, alpha_t, alpha):
-        ub_grad_check(g, alpha_t, alpha)
+    def ub_grad_outputs(g, alpha_t, alpha):
         n, c, h, w = g.shape
         return torch.empty_like(g), empty_4d((n, c, h // 2, w // 2), g)
 
-    @op("upsample_blend_grad", ub_grad_fake)
+    @op("upsample_blend_grad", ub_grad_check, ub_grad_outputs)
     def upsample_blend_grad(g: Tensor, alpha_t: Optional[Tensor], alpha: float) -> tuple[Tensor, Tensor]:
-        ub_grad_check(g, alpha_t, alpha)
         return k.upsample_blend_grad(g, alpha_t, alpha)
 
     def ub_bwd(ctx, g):
@@ -623,13 +588,8 @@ def define_ops(namespace: str, kernels: KernelSet):
              f"progan_fast.fade_reals: H and W must be even, got {tuple(x.shape)}")
         _v_alpha("fade_reals", alpha_t)
 
-    def fade_fake(x, alpha_t, alpha):
-        fade_check(x, alpha_t, alpha)
-        return torch.empty_like(x)
-
-    @op("fade_reals", fade_fake)
+    @op("fade_reals", fade_check, _like(0))
     def fade_reals(x: Tensor, alpha_t: Optional[Tensor], alpha: float) -> Tensor:
-        fade_check(x, alpha_t, alpha)
         return k.fade_reals(x, alpha_t, alpha)
 
     def fade_bwd(ctx, g):
@@ -645,27 +605,23 @@ def define_ops(namespace: str, kernels: KernelSet):
         n, c, h, w = x.shape
         _req(h % 2 == 0 and w % 2 == 0, f"progan_fast.downsample2x: H and W must be even, got {tuple(x.shape)}")
 
-    def down_fake(x):
-        down_check(x)
+    def down_outputs(x):
         n, c, h, w = x.shape
         return empty_4d((n, c, h // 2, w // 2), x)
 
-    @op("downsample2x", down_fake)
+    @op("downsample2x", down_check, down_outputs)
     def downsample2x(x: Tensor) -> Tensor:
-        down_check(x)
         return k.downsample2x(x)
 
     def down_grad_check(g):
         _v_4d("downsample2x_grad", "g", g)
 
-    def down_grad_fake(g):
-        down_grad_check(g)
+    def down_grad_outputs(g):
         n, c, h, w = g.shape
         return empty_4d((n, c, h * 2, w * 2), g)
 
-    @op("downsample2x_grad", down_grad_fake)
+    @op("downsample2x_grad", down_grad_check, down_grad_outputs)
     def downsample2x_grad(g: Tensor) -> Tensor:
-        down_grad_check(g)
         return k.downsample2x_grad(g)
 
     autograd("downsample2x", lambda ctx, g: O.downsample2x_grad(g))
