@@ -85,3 +85,41 @@ def test_conditional_two_ranks_match_one_rank(tmp_path):
     (c1, w1), (c2, w2) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert c1["cur_nimg"] == c2["cur_nimg"] == 48 and "embed.weight" in c1["step"]["D"]
     _assert_close(w2, w1)
+
+
+_TEARDOWN_RANK = """
+import os, sys, torch
+from progan_fast.training import distributed
+torch.set_num_threads(1)
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+distributed.init_from_env("cpu")
+torch.optim.Adam([torch.nn.Parameter(torch.ones(2))])  # as the trainer does after the group starts
+distributed.barrier()
+during = threads()
+distributed.shutdown()
+print(before, during, threads())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads through /proc")
+def test_shutdown_joins_the_gloo_threads():
+    """destroy_process_group must really end the group: its gloo worker threads joined before the
+    interpreter finalizes. Otherwise a worker still releasing its last work item at exit aborts the
+    process after a finished run ("terminate called without an active exception", exit -6, now and
+    then). Importing torch._dynamo after the group starts (any optimizer does) kept it alive."""
+    import os
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _TEARDOWN_RANK], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        before, during, after = map(int, out.split())
+        assert during > before, "the group started no threads: nothing was checked"
+        assert after == before, f"threads: {before} before the group, {during} with it, {after} after shutdown"

@@ -9,6 +9,7 @@ manual all-reduce of exactly the parameters that received gradients costs one co
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 
@@ -30,6 +31,12 @@ def init_from_env(device_name: str = "auto"):
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        # torch._dynamo first: imported after the process group starts (creating any torch.optim
+        # optimizer imports it), it keeps the group alive past destroy_process_group, so gloo's
+        # worker threads outlive it; one still releasing its last work item when the interpreter
+        # finalizes aborts the process ("terminate called without an active exception", exit -6)
+        # after a finished run. Seen with torch 2.11 and 2.14.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return rank, world, device
 
