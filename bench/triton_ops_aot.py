@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed Triton
     print(f"triton_ops_aot: unsupported Triton ({exc})")
     sys.exit(3)
 
+from progan_fast._layout import memory_format  # noqa: E402
 from progan_fast.triton import launchers  # noqa: E402
 
 GPU_TILE = 2048  # what launchers._tile_elems gives CUDA tensors
@@ -183,7 +184,7 @@ def _operands(args) -> str:
     if not t4:
         t2 = [a for a in args if isinstance(a, torch.Tensor) and a.dim() == 2]
         return f"{_DTYPES[t2[0].dtype]}/2D" if t2 else "-"
-    cl = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in t4)
+    cl = any(memory_format(t) == torch.channels_last for t in t4)
     return f"{_DTYPES[t4[0].dtype]}/{'CL' if cl else 'NC'}"
 
 

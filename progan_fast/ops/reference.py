@@ -12,19 +12,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._layout import memory_format
+from .._layout import acc_dtype, memory_format
 
 ACTIVATIONS = ("linear", "lrelu", "relu")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 compute in fp32; fp32 and fp64 in themselves."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _up(x: torch.Tensor) -> torch.Tensor:
-    """x in its compute dtype (fp16/bf16 upcast to fp32; fp32 and fp64 kept)."""
-    return x.to(_compute_dtype(x.dtype))
+    """x in its compute dtype, the kernels' accumulation dtype (fp16/bf16 upcast to fp32; fp32 and
+    fp64 kept)."""
+    return x.to(acc_dtype(x.dtype))
 
 
 def _broadcast_shape(x: torch.Tensor, dim: int) -> list[int]:
@@ -45,7 +41,7 @@ def _biased(x, b, dim):
     if b is None:
         return _up(x)
     b = _up(b).reshape(_broadcast_shape(x, dim))
-    return x + b if b.dtype == _compute_dtype(x.dtype) else _up(x) + b
+    return x + b if b.dtype == acc_dtype(x.dtype) else _up(x) + b
 
 
 def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
