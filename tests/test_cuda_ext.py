@@ -17,11 +17,8 @@ import warnings
 import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first import of triton (progan_fast.triton.library)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from progan_fast import _cuda_build  # noqa: E402
-from progan_fast.ops import _backend, reference  # noqa: E402
+from progan_fast import _cuda_build
+from progan_fast.ops import _backend, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,18 +5,14 @@ CUDA the same checks run on the GPU in fp32 / fp16 / bf16. Every check is forwar
 bias gradients, and, for D-style layers, the double backward a WGAN-GP penalty takes.
 """
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
-
-from progan_fast import ops  # noqa: E402
-from progan_fast.ops import reference  # noqa: E402
-from progan_fast.triton import conv  # noqa: E402
-from progan_fast.triton.conv_op import eq_conv2d_triton, eq_linear_triton  # noqa: E402
+from progan_fast import ops
+from progan_fast.ops import reference
+from progan_fast.triton import conv
+from progan_fast.triton.conv_op import eq_conv2d_triton, eq_linear_triton
 
 DEV = "cpu" if conv.INTERPRET else "cuda"
 DTYPES = [torch.float32] if DEV == "cpu" else [torch.float32, torch.float16, torch.bfloat16]

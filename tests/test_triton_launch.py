@@ -4,15 +4,11 @@ The real path needs a GPU (the GPU run of tests/test_triton_ops.py goes through 
 here a stand-in for a JITFunction and its CompiledKernel checks what is cached, under which key,
 with which argument list, and that any error falls back to Triton's normal launch.
 """
-import os
 import types
 import warnings
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
 from progan_fast.triton import _launch  # noqa: E402
