@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "pf_check.h"
 #include "progan_kernels.cuh"
 #include "progan_ops.h"
 
@@ -39,37 +40,37 @@ bool is_float(const Tensor& t) {
   return s == at::kFloat || s == at::kHalf || s == at::kBFloat16 || s == at::kDouble;
 }
 
-std::string shape(const Tensor& t) { return c10::str(t.sizes()); }
+at::IntArrayRef shape(const Tensor& t) { return t.sizes(); }
 
 // `t` must be a defined float tensor on a CUDA or CPU device; with `ref`, on ref's device and of its dtype.
 void check(const char* op, const char* name, const Tensor& t, const Tensor* ref = nullptr, bool same_dtype = true) {
-  TORCH_CHECK(t.defined(), "progan_fast._C.", op, ": ", name, " is missing");
-  TORCH_CHECK(t.is_cuda() || t.is_cpu(), "progan_fast._C.", op, ": ", name, " is on ", t.device(),
+  PF_CHECK(t.defined(), "progan_fast._C.", op, ": ", name, " is missing");
+  PF_CHECK(t.is_cuda() || t.is_cpu(), "progan_fast._C.", op, ": ", name, " is on ", t.device(),
               "; expected a CUDA (or, for tests, CPU) tensor");
-  TORCH_CHECK(is_float(t), "progan_fast._C.", op, ": ", name, " has dtype ", t.scalar_type(),
+  PF_CHECK(is_float(t), "progan_fast._C.", op, ": ", name, " has dtype ", t.scalar_type(),
               "; supported: float32, float16, bfloat16 (float64 for checks)");
-  TORCH_CHECK(t.layout() == at::kStrided, "progan_fast._C.", op, ": ", name, " must be a dense (strided) tensor");
+  PF_CHECK(t.layout() == at::kStrided, "progan_fast._C.", op, ": ", name, " must be a dense (strided) tensor");
   if (ref) {
-    TORCH_CHECK(t.device() == ref->device(), "progan_fast._C.", op, ": ", name, " is on ", t.device(),
+    PF_CHECK(t.device() == ref->device(), "progan_fast._C.", op, ": ", name, " is on ", t.device(),
                 " but the input is on ", ref->device());
-    TORCH_CHECK(!same_dtype || t.scalar_type() == ref->scalar_type(), "progan_fast._C.", op, ": ", name, " is ",
+    PF_CHECK(!same_dtype || t.scalar_type() == ref->scalar_type(), "progan_fast._C.", op, ": ", name, " is ",
                 t.scalar_type(), " but the input is ", ref->scalar_type());
   }
 }
 
 void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef expect) {
-  TORCH_CHECK(t.sizes() == expect, "progan_fast._C.", op, ": ", name, " must have shape ", expect, ", got ",
+  PF_CHECK(t.sizes() == expect, "progan_fast._C.", op, ": ", name, " must have shape ", expect, ", got ",
               shape(t));
 }
 
 void check_4d(const char* op, const char* name, const Tensor& t) {
-  TORCH_CHECK(t.dim() == 4, "progan_fast._C.", op, ": ", name, " must be 4-D (N, C, H, W), got shape ", shape(t));
+  PF_CHECK(t.dim() == 4, "progan_fast._C.", op, ": ", name, " must be 4-D (N, C, H, W), got shape ", shape(t));
 }
 
 // `t` must be 4-D with even H and W (the high-resolution side of a 2x2 op).
 void check_even_hw(const char* op, const char* name, const Tensor& t) {
   check_4d(op, name, t);
-  TORCH_CHECK(t.size(2) % 2 == 0 && t.size(3) % 2 == 0, "progan_fast._C.", op, ": H and W must be even, got ",
+  PF_CHECK(t.size(2) % 2 == 0 && t.size(3) % 2 == 0, "progan_fast._C.", op, ": H and W must be even, got ",
               shape(t));
 }
 
@@ -82,29 +83,29 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
 void check_bias(const char* op, const OptT& b, const Tensor& x, int64_t dim) {
   if (!b.has_value() || !b->defined()) return;
   check(op, "b", *b, &x, /*same_dtype=*/false);
-  TORCH_CHECK(b->dim() == 1 && b->numel() == x.size(dim), "progan_fast._C.", op, ": b must be 1-D with ",
+  PF_CHECK(b->dim() == 1 && b->numel() == x.size(dim), "progan_fast._C.", op, ": b must be 1-D with ",
               x.size(dim), " elements (dim ", dim, "), got shape ", shape(*b));
 }
 
 void check_alpha(const char* op, const OptT& alpha_t, const Tensor& x) {
   if (!alpha_t.has_value() || !alpha_t->defined()) return;
-  TORCH_CHECK(is_float(*alpha_t), "progan_fast._C.", op, ": alpha_t must be a float tensor, got ",
+  PF_CHECK(is_float(*alpha_t), "progan_fast._C.", op, ": alpha_t must be a float tensor, got ",
               alpha_t->scalar_type());
-  TORCH_CHECK(alpha_t->numel() == 1, "progan_fast._C.", op, ": alpha_t must hold one element, got shape ",
+  PF_CHECK(alpha_t->numel() == 1, "progan_fast._C.", op, ": alpha_t must hold one element, got shape ",
               shape(*alpha_t));
   // Same device only (as the Triton backend): a CPU alpha for CUDA inputs would need a blocking copy,
   // which fails inside CUDA-graph capture. progan_fast.ops moves alpha to the input's device first.
-  TORCH_CHECK(alpha_t->device() == x.device(), "progan_fast._C.", op, ": alpha_t is on ",
+  PF_CHECK(alpha_t->device() == x.device(), "progan_fast._C.", op, ": alpha_t is on ",
               alpha_t->device(), " but the input is on ", x.device());
 }
 
 void check_act(const char* op, int64_t act) {
-  TORCH_CHECK(act >= 0 && act <= 2, "progan_fast._C.", op, ": act code must be 0 (linear), 1 (relu) or 2 (lrelu), got ",
+  PF_CHECK(act >= 0 && act <= 2, "progan_fast._C.", op, ": act code must be 0 (linear), 1 (relu) or 2 (lrelu), got ",
               act);
 }
 
 void check_dim(const char* op, const Tensor& t, int64_t dim) {
-  TORCH_CHECK(dim >= 0 && dim < t.dim(), "progan_fast._C.", op, ": dim ", dim, " out of range for a ", t.dim(),
+  PF_CHECK(dim >= 0 && dim < t.dim(), "progan_fast._C.", op, ": dim ", dim, " out of range for a ", t.dim(),
               "-D input");
 }
 
@@ -135,7 +136,7 @@ void bias_act_grad(const Tensor& dy, const OptT& y, const Tensor& dx, int64_t ac
   check("bias_act_grad", "dy", dy);
   check_like("bias_act_grad", "dx", dx, dy);
   check_act("bias_act_grad", act);
-  TORCH_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad: y is required unless act is linear");
+  PF_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad: y is required unless act is linear");
   Tensor yy = act == 0 ? Tensor() : *y;
   if (yy.defined()) {
     check_like("bias_act_grad", "y", yy, dy);
@@ -153,19 +154,19 @@ void bias_act_grad_db(const Tensor& dy, const OptT& y, const Tensor& dx, const T
   check_like(op, "dx", dx, dy);
   check_act(op, act);
   check_dim(op, dy, dim);
-  TORCH_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad_db: y is required unless act is linear");
+  PF_CHECK(act == 0 || (y.has_value() && y->defined()), "progan_fast._C.bias_act_grad_db: y is required unless act is linear");
   Tensor yy = act == 0 ? Tensor() : *y;
   if (yy.defined()) check_like(op, "y", yy, dy);
-  TORCH_CHECK(dy.is_non_overlapping_and_dense() && dy.stride(dim) == 1 && dx.strides() == dy.strides() &&
+  PF_CHECK(dy.is_non_overlapping_and_dense() && dy.stride(dim) == 1 && dx.strides() == dy.strides() &&
               (!yy.defined() || yy.strides() == dy.strides()),
               "progan_fast._C.bias_act_grad_db: dy, y and dx must be dense with equal strides and unit stride along dim ",
               dim, " (e.g. channels_last with dim 1)");
-  TORCH_CHECK(rows_per_block >= 1, "progan_fast._C.bias_act_grad_db: rows_per_block must be >= 1");
+  PF_CHECK(rows_per_block >= 1, "progan_fast._C.bias_act_grad_db: rows_per_block must be >= 1");
   const int64_t cols = dy.size(dim);
   const int64_t rows = cols ? dy.numel() / cols : 0;
   const at::ScalarType acc = dy.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   check(op, "part", part, &dy, /*same_dtype=*/false);
-  TORCH_CHECK(part.scalar_type() == acc && part.is_contiguous(), "progan_fast._C.bias_act_grad_db: part must be a "
+  PF_CHECK(part.scalar_type() == acc && part.is_contiguous(), "progan_fast._C.bias_act_grad_db: part must be a "
               "contiguous ", acc, " tensor");
   check_shape(op, "part", part, {(rows + rows_per_block - 1) / rows_per_block, cols});
   PF_RUN(dy, bias_grad_cols, dy, yy, dx, part, cols, rows_per_block, int(act), slope, gain);
@@ -271,9 +272,9 @@ void pixel_norm_grad(const Tensor& dy, const Tensor& x, const OptT& b, const Ten
 
 void check_group(const char* op, const Tensor& x, int64_t group_size) {
   check_4d(op, "x", x);
-  TORCH_CHECK(group_size >= 1, "progan_fast._C.", op, ": group_size must be >= 1, got ", group_size);
+  PF_CHECK(group_size >= 1, "progan_fast._C.", op, ": group_size must be >= 1, got ", group_size);
   const int64_t g = std::min<int64_t>(group_size, x.size(0));
-  TORCH_CHECK(x.size(0) == 0 || x.size(0) % g == 0, "progan_fast._C.", op, ": batch ", x.size(0),
+  PF_CHECK(x.size(0) == 0 || x.size(0) % g == 0, "progan_fast._C.", op, ": batch ", x.size(0),
               " is not divisible by the group size ", g);
 }
 

@@ -24,6 +24,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include "pf_check.h"
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -611,7 +612,7 @@ inline void elementwise(int op, const Tensor& in0, const Tensor& in1, const Tens
     for (int64_t d = 0; d < out0.dim(); ++d)
       if (out0.size(d) != 1) dims.push_back(d);
     dims = dim_order(out0, dims);
-    TORCH_CHECK(int64_t(dims.size()) <= kMaxDims, "progan_fast: at most ", kMaxDims, " non-unit dims supported, got ",
+    PF_CHECK(int64_t(dims.size()) <= kMaxDims, "progan_fast: at most ", kMaxDims, " non-unit dims supported, got ",
                 dims.size());
     NdGeom g{};
     g.ndim = int(dims.size());
