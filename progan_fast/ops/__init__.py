@@ -198,6 +198,8 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
     if (backend == "ref" and auto
             and not has_layer_entries(op, x.device, layer) and auto_prefers_other_than_ref(epilogue, x.device)):
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
+    if backend == "ref" and auto:  # the reference layer, with the conv's cheaper double backward
+        kw["wgrad_double_backward"] = True
     return implementation(backend, op)(x, weight, bias, **kw)
 
 
@@ -205,7 +207,8 @@ def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, u
     """The reference conv (cuDNN) followed by the epilogue op under `auto`: where the table prefers
     a fused epilogue kernel at this size, a layer the conv kernel does not win still gets it.
     (The bias was checked by eq_conv2d: the epilogue is resolved directly, without its wrapper.)"""
-    y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale)
+    y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
+                                   wgrad_double_backward=True)
     if pixel_norm:
         return resolve("bias_act_pixel_norm", "auto", y.device, y.numel())(y, bias, act=act, slope=slope, gain=1.0,
                                                                            eps=eps)

@@ -1,8 +1,9 @@
 """`torch.ops.progan_fast.eq_conv2d_igemm`: the fused Triton conv layer as a real PyTorch operator.
 
 Forward is the one-kernel implicit GEMM of `conv.py`. Backward is written in differentiable aten ops
-(the epilogue's VJP from the saved output, then `aten.convolution_backward`, cuDNN on GPU, on the
-same folded-resampling convolution the forward computes), so autograd can differentiate it again:
+(the epilogue's VJP from the saved output, then `conv_autograd.conv_backward`: cuDNN's dgrad and
+wgrad on GPU, on the same folded-resampling convolution the forward computes, with a double
+backward that stays on those kernels), so autograd can differentiate it again:
 D's layers get exact double backward for the WGAN-GP penalty without a second hand-written kernel.
 The op returns (y, r): r = rsqrt(mean(a^2) + eps) per pixel when pixel norm is on, which makes the
 pixel-norm VJP exact (and twice differentiable) without storing the pre-norm activation.
@@ -13,6 +14,7 @@ from typing import Optional
 import torch
 
 from .._layout import acc_dtype
+from ..ops import conv_autograd
 from . import conv, library
 
 __all__ = ["eq_conv2d_triton", "eq_linear_triton", "eq_conv2d_backward"]
@@ -87,9 +89,8 @@ def eq_conv2d_backward(gy, gr, x, weight, y, r, *, gain, act, slope, pixel_norm,
         f = acc_dtype(x.dtype)
         w_eff = _effective_weight(weight.to(f) * scale, up, down).to(x.dtype)
         stride, pad, transposed = _conv_form(k, up, down)
-        gx, gw_eff, _ = torch.ops.aten.convolution_backward(
-            g.to(x.dtype), x, w_eff, None, [stride, stride], [pad, pad], [1, 1], transposed, [0, 0], 1,
-            [bool(needs[0]), bool(needs[1]), False])
+        gx, gw_eff = conv_autograd.conv_backward(g.to(x.dtype), x, w_eff, stride, pad, transposed,
+                                                 need_x=bool(needs[0]), need_w=bool(needs[1]))
         if needs[1]:
             gw = (_effective_weight_adjoint(gw_eff.to(f), up, down) * scale).to(weight.dtype)
     return gx, gw, gb

@@ -670,7 +670,8 @@ def public_ops(ops) -> dict:
         return ops.downsample2x(x)
 
     def eq_conv2d(x, weight, bias=None, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
-        y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale)
+        y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
+                                       wgrad_double_backward=True)
         if pixel_norm:
             return ops.bias_act_pixel_norm(y, bias, act, float(slope), 1.0, float(eps))
         return ops.bias_act(y, bias, act, float(slope), 1.0, 1)
