@@ -72,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--device", help="'auto' (default), 'cpu', 'cuda', 'cuda:N'")
     x.add_argument("--backend", choices=["auto", "ref", "triton", "cuda"],
                    help="operator backend (default auto: on CUDA, per op, the backend the committed bench results favour for this GPU architecture, progan_fast/ops/auto_backends.json; the reference elsewhere)")
-    x.add_argument("--cuda-graph", action="store_true",
+    x.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
-                        "it at <= --cuda-graph-max-res, where the step is launch-bound (single GPU)")
+                        "it at <= --cuda-graph-max-res, where the step is launch-bound (measured on an H100: 9.8x "
+                        "the eager step's img/s at 4 px, 1.6x at 16 px). Default: on when training on one CUDA "
+                        "device, where a phase whose capture fails warns and runs eagerly; --cuda-graph makes "
+                        "that failure an error, --no-cuda-graph turns capture off")
     x.add_argument("--cuda-graph-max-res", type=int,
                    help="highest resolution whose iteration --cuda-graph captures (default 32; above it the step "
                         "runs eagerly; each captured phase holds its own memory pool)")

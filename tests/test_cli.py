@@ -113,3 +113,13 @@ def test_gpu_backend_on_cpu_is_a_one_line_error(backend, tmp_path):
     assert r.returncode == 2, r.stderr
     assert f"error: --backend {backend} needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())  # refused before a run directory is made
+
+
+def test_cuda_graph_is_left_to_the_device_unless_given():
+    """No flag: the config keeps None (the trainer turns capture on for one CUDA device, with an eager
+    fallback); --no-cuda-graph / --cuda-graph are stored as given."""
+    import torch
+    from progan_fast.train import _given_to_config, build_parser, resolve_config
+    given = lambda *argv: _given_to_config(vars(build_parser().parse_args(list(argv))))  # noqa: E731
+    assert "cuda_graph" not in given() and resolve_config(given(), torch.device("cpu")).cuda_graph is None
+    assert given("--no-cuda-graph")["cuda_graph"] is False and given("--cuda-graph")["cuda_graph"] is True

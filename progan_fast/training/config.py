@@ -67,7 +67,7 @@ class TrainConfig:
     backend: str = "auto"
     loader: str = "auto"  # data loader: torch | dali | auto (dali when installed and on CUDA)
     channels_last: bool | None = None  # None: on for CUDA
-    cuda_graph: bool = False  # capture each phase's iteration in a CUDA graph (single GPU)
+    cuda_graph: bool | None = None  # capture each phase's iteration in a CUDA graph; None: on for one CUDA device
     cuda_graph_max_res: int = 32  # ... at resolutions up to this one (launch-bound there; eager above)
     tick_kimg: float = 20.0
     snapshot_ticks: int = 10

@@ -26,7 +26,7 @@ from .checkpoint import FORMAT_VERSION, LATEST, save_atomic, serialize
 from .conditional import cond_kwargs, dataset_num_classes, grid_labels
 from .config import TrainConfig
 from .schedule import Schedule
-from .step import AMP_DTYPES, TrainStep, unwrap
+from .step import AMP_DTYPES, TrainStep, default_cuda_graph, unwrap
 
 
 def _arch_kwargs(cfg: TrainConfig) -> dict:
@@ -121,9 +121,11 @@ class Trainer:
         use_channels_last(self.G, self.D, enabled=channels_last)
         amp_dtype = AMP_DTYPES[cfg.amp_dtype] if cfg.amp else None
         gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + 1)  # same on every rank: see TrainStep
+        cuda_graph = cfg.cuda_graph if cfg.cuda_graph is not None else default_cuda_graph(self.device, cfg.world_size)
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
-                              world_size=cfg.world_size, cuda_graph=cfg.cuda_graph,
+                              world_size=cfg.world_size, cuda_graph=cuda_graph,
+                              graph_fallback=cfg.cuda_graph is None,
                               graph_max_res_log2=resolution_log2(cfg.cuda_graph_max_res), cond_weight=cfg.cond_weight)
         self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
                                         world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
