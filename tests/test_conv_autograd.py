@@ -127,3 +127,23 @@ def test_autocast_casts_like_f_conv2d():
         assert a.dtype == b.dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
     assert out[0][0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("on_cuda", [True, False])
+def test_auto_layers_take_it_where_the_device_rule_says(on_cuda, monkeypatch):
+    """ops.eq_conv2d under impl='auto' runs conv_autograd's double backward where
+    ops._wgrad_double_backward says (CUDA), PyTorch's rule elsewhere (the CPU, where oneDNN runs it
+    well). The rule is forced here so the CPU can check both wirings."""
+    from types import SimpleNamespace
+    from progan_fast import ops
+    assert ops._wgrad_double_backward(SimpleNamespace(device=torch.device("cuda", 0)))
+    assert not ops._wgrad_double_backward(torch.randn(1))
+    monkeypatch.setattr(ops, "_wgrad_double_backward", lambda x: on_cuda)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    w, b = torch.randn(3, 4, 3, 3, requires_grad=True), torch.randn(3)
+    for kw in (dict(), dict(down=True)):
+        (gx,) = torch.autograd.grad(ops.eq_conv2d(x, w, b, **kw).square().sum(), x, create_graph=True)
+        spy = _ConvShapes()
+        with spy:
+            gx.square().sum().backward()
+        assert any(max(k) > 4 for k in spy.kernels) != on_cuda, (kw, spy.kernels)

@@ -198,9 +198,16 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
     if (backend == "ref" and auto
             and not has_layer_entries(op, x.device, layer) and auto_prefers_other_than_ref(epilogue, x.device)):
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
-    if backend == "ref" and auto:  # the reference layer, with the conv's cheaper double backward
-        kw["wgrad_double_backward"] = True
+    if backend == "ref" and auto:  # the reference layer, with the conv's cheaper double backward on CUDA
+        kw["wgrad_double_backward"] = _wgrad_double_backward(x)
     return implementation(backend, op)(x, weight, bias, **kw)
+
+
+def _wgrad_double_backward(x) -> bool:
+    """Whether `auto`'s reference conv takes conv_autograd's double backward: on CUDA, where PyTorch's
+    rule ran cuDNN's legacy kernels (ops/conv_autograd.py). On the CPU oneDNN runs PyTorch's rule well
+    and the extra autograd Functions measured 5-12 % slower per training step (cpu preset, 16-32 px)."""
+    return x.device.type == "cuda"
 
 
 def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
@@ -208,7 +215,7 @@ def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, u
     a fused epilogue kernel at this size, a layer the conv kernel does not win still gets it.
     (The bias was checked by eq_conv2d: the epilogue is resolved directly, without its wrapper.)"""
     y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
-                                   wgrad_double_backward=True)
+                                   wgrad_double_backward=_wgrad_double_backward(x))
     if pixel_norm:
         return resolve("bias_act_pixel_norm", "auto", y.device, y.numel())(y, bias, act=act, slope=slope, gain=1.0,
                                                                            eps=eps)

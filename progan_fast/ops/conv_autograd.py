@@ -12,7 +12,8 @@ with L2 = <ggx, gx> + <ggw, gw> = <gy, C(ggx, w) + C(x, ggw)> (C is bilinear):
   dL2/dgy = C(ggx, w) + C(x, ggw)       two forward convs
   dL2/dx  = dgrad of gy through ggw     an input-gradient kernel
   dL2/dw  = wgrad of ggx against gy     a weight-gradient kernel
-all in the layer's own shapes and layout, and themselves differentiable (any order). Same function
+all in the layer's own shapes and layout, and themselves differentiable (any order). `auto` uses it
+on CUDA only (ops._wgrad_double_backward); the CPU's oneDNN runs PyTorch's rule well. Same function
 as F.conv2d / F.conv_transpose2d (tests/test_conv_autograd.py checks values and gradients to second
 order against them in float64).
 """
