@@ -147,3 +147,59 @@ def test_auto_layers_take_it_where_the_device_rule_says(on_cuda, monkeypatch):
         with spy:
             gx.square().sum().backward()
         assert any(max(k) > 4 for k in spy.kernels) != on_cuda, (kw, spy.kernels)
+
+
+class _ConvOps(TorchDispatchMode):
+    """Counts convolution kernels: forward convs, and backward convs by what they compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution:
+            self.ops.append("conv")
+        elif func.overloadpacket is torch.ops.aten.convolution_backward:
+            mask = args[-1]
+            self.ops += [name for name, on in zip(("dgrad", "wgrad"), mask[:2]) if on]
+        return func(*args, **(kwargs or {}))
+
+
+def _penalty_pattern_ops(conv):
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(5, 3, 3, 3, requires_grad=True), torch.randn(4, 5, 3, 3, requires_grad=True)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True) * 1.0  # a non-leaf, like the penalty's mix
+    first, second = _ConvOps(), _ConvOps()
+    out = conv(F.leaky_relu(conv(x, w1), 0.2), w2).sum()
+    with first:
+        (gx,) = torch.autograd.grad(out, x, create_graph=True)
+    with second:
+        gx.square().sum().backward()
+    assert w1.grad is not None and w2.grad is not None
+    return first.ops, sorted(second.ops)
+
+
+def test_penalty_pattern_runs_no_more_conv_kernels_than_pytorch():
+    """D's penalty on two conv layers: autograd.grad(D(x), x) with the weights requiring grad, then
+    the penalty's backward. The first backward runs dgrads only, as PyTorch's rule does (the weights'
+    gradient is not used there). The double backward: one forward conv (layer 1's input term; layer
+    2's gy is a constant), a wgrad per layer, and the dgrad + wgrad of the zero gradient leaky ReLU's
+    mask sends back through layer 1 (PyTorch runs those too); no convolution of a zero ggw, and fewer
+    kernels than PyTorch's 4 convs (2 of them image-sized) + dgrad + wgrad."""
+    ours = _penalty_pattern_ops(lambda a, b: conv_autograd.conv(a, b, 1, 1))
+    torchs = _penalty_pattern_ops(lambda a, b: F.conv2d(a, b, padding=1))
+    assert ours[0] == torchs[0] == ["dgrad", "dgrad"], (ours[0], torchs[0])
+    assert ours[1] == ["conv", "dgrad", "wgrad", "wgrad", "wgrad"], ours[1]
+    assert len(ours[1]) < len(torchs[1]) and torchs[1].count("conv") >= 3, torchs[1]
+
+
+def test_an_unused_weight_gradient_costs_no_kernel_in_the_double_backward():
+    """gx and gw both computed with create_graph, then a loss on gx alone: gw's gradient stays None
+    (not a zero tensor convolved through dgrad), so the double backward is one wgrad."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    gx, gw = torch.autograd.grad(conv_autograd.conv(x, w, 1, 1).sum(), (x, w), create_graph=True)
+    spy = _ConvOps()
+    with spy:
+        gx.square().sum().backward()
+    assert spy.ops == ["wgrad"], spy.ops

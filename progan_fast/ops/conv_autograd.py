@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["conv", "conv_backward"]
+__all__ = ["conv", "conv_backward", "grad_is_used"]
 
 
 def _args(stride: int, padding: int, transposed: bool):
@@ -30,6 +30,19 @@ def _args(stride: int, padding: int, transposed: bool):
 
 def _aten_conv(x, w, stride, padding, transposed):
     return torch.ops.aten.convolution(x, w, None, *_args(stride, padding, transposed))
+
+
+def grad_is_used(ctx, i: int) -> bool:
+    """Whether this backward pass uses input i's gradient. `needs_input_grad` only says the input
+    requires grad; the penalty's first backward, autograd.grad(D(x), x), reaches the weights but
+    does not use their gradient, and PyTorch's own conv rule skips the wgrad there: so does this,
+    asking the engine (private API; where it cannot answer, the gradient is computed)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(ctx.next_functions[i][0]))
+    except Exception:  # a leaf input of autograd.grad, tracing outside the engine, another torch
+        return True
 
 
 class _Conv(torch.autograd.Function):
@@ -42,7 +55,10 @@ class _Conv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        gx, gw = conv_backward(gy, x, w, *ctx.form, need_x=ctx.needs_input_grad[0], need_w=ctx.needs_input_grad[1])
+        need_x, need_w = grad_is_used(ctx, 0), grad_is_used(ctx, 1)
+        if not (need_x or need_w):
+            return None, None, None, None, None
+        gx, gw = conv_backward(gy, x, w, *ctx.form, need_x=need_x, need_w=need_w)
         return gx, gw, None, None, None
 
 
@@ -53,13 +69,14 @@ class _ConvBackward(torch.autograd.Function):
                                                         [need_x, need_w, False])
         ctx.save_for_backward(gy, x, w)
         ctx.form = (stride, padding, transposed)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no convs of zeros
         return gx, gw
 
     @staticmethod
     def backward(ctx, ggx, ggw):
         gy, x, w = ctx.saved_tensors
         form = ctx.form
-        need_gy, need_x, need_w = ctx.needs_input_grad[:3]
+        need_gy, need_x, need_w = (grad_is_used(ctx, i) for i in range(3))
         d_gy = d_x = d_w = None
         if need_gy:
             terms = [conv(ggx, w, *form) if ggx is not None else None,
