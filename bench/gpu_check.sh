@@ -136,7 +136,7 @@ try:
 except RuntimeError as e:
     print(\"$dev: raised:\", str(e).splitlines()[0][:120])"; rc=$?; echo "$dev: rc=$rc"; [[ $rc == 0 ]] || bad=1
     done
-    so=$("$0" -c "import progan_fast._C as m; print(m.__file__)") && command -v nm >/dev/null &&
+    so=$("$0" -c "import progan_fast._cuda_backend as cb; print(cb._C.__file__)") && command -v nm >/dev/null &&
       echo "libstdc++ stream/locale code defined in $so: $(nm -C --defined-only "$so" | grep -cE "basic_ostream|num_put|codecvt|locale::") symbols"
     exit ${bad:-0}' "$PY"
 fi
@@ -170,7 +170,7 @@ export PROGAN_FAST_TRITON_AUTOTUNE=0
 # conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
 stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
 # impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
-# copied, this GPU's architecture replaced: $OUT/auto_backends.json), so the step variants below
+# copied, this GPU's architecture replaced: $SCRATCH/auto_backends.json), so the step variants below
 # measure the table these numbers imply (to commit it, re-derive it from the saved results file:
 # python -m bench.auto_table bench/results/<saved>.json --write, which records that file as the source)
 if [[ $HAS_GPU == 1 && -s $OUT/bench_ops.json ]]; then

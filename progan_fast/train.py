@@ -76,8 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
                         "it at <= --cuda-graph-max-res, where the step is launch-bound (measured on an H100: 9.8x "
                         "the eager step's img/s at 4 px, 1.6x at 16 px). Default: on when training on one CUDA "
-                        "device, where a phase whose capture fails warns and runs eagerly; --cuda-graph makes "
-                        "that failure an error, --no-cuda-graph turns capture off")
+                        "device; --no-cuda-graph turns it off (also on --resume)")
     x.add_argument("--cuda-graph-max-res", type=int,
                    help="highest resolution whose iteration --cuda-graph captures (default 32; above it the step "
                         "runs eagerly; each captured phase holds its own memory pool)")

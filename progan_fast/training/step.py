@@ -14,7 +14,6 @@ bound by kernel launches, not by the GPU.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +40,6 @@ class _GraphEntry:
     labels: torch.Tensor | None = None
     alpha: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
-    eager: bool = False  # the capture failed and the step falls back to eager execution (graph_fallback)
 
 
 def default_cuda_graph(device: torch.device, world_size: int) -> bool:
@@ -72,7 +70,7 @@ class TrainStep:
                  drift: float = 1e-3, channels_last: bool = False, device=None, Gs=None,
                  generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
                  cuda_graph: bool = False, graph_max_res_log2: int = 5, graph_warmup: int = 2,
-                 graph_fallback: bool = False, cond_weight: float = 1.0):
+                 cond_weight: float = 1.0):
         self.G, self.D = G, D
         g_mod = unwrap(G)
         self.device = torch.device(device) if device is not None else next(g_mod.parameters()).device
@@ -89,7 +87,6 @@ class TrainStep:
             raise ValueError("cuda_graph=True is single-process only for now (the gradient all-reduce is not "
                              "captured); run without it under torchrun")
         self.cuda_graph, self.graph_max_res_log2, self.graph_warmup = cuda_graph, graph_max_res_log2, graph_warmup
-        self.graph_fallback = graph_fallback  # a failed capture warns and runs the phase eagerly, not an error
         self._graphs: dict[tuple, _GraphEntry] = {}
         self._skipped = torch.zeros((), dtype=torch.int64, device=self.device)
         self._one = torch.ones((), dtype=torch.float32, device=self.device)
@@ -283,8 +280,6 @@ class TrainStep:
         elif fading:
             entry.alpha.fill_(float(alpha))
         step_alpha = entry.alpha if fading else 1.0
-        if entry.eager:
-            return self._step(reals, res_log2, alpha, labels)
         if entry.graph is None and entry.warm < self.graph_warmup:
             entry.warm += 1
             side = torch.cuda.Stream(self.device)
@@ -297,15 +292,13 @@ class TrainStep:
             try:
                 self._capture(entry, reals, res_log2, step_alpha, labels)
             except Exception as exc:
-                if not self.graph_fallback:
-                    raise RuntimeError(
-                        f"cuda_graph: capturing the {2 ** res_log2} px step failed ({type(exc).__name__}: {exc}). "
-                        f"Train with --no-cuda-graph, or with --cuda-graph-max-res below {2 ** res_log2}") from exc
-                warnings.warn(f"cuda_graph: capturing the {2 ** res_log2} px step failed ({type(exc).__name__}: "
-                              f"{exc}); this phase runs eagerly (--no-cuda-graph turns capture off, --cuda-graph "
-                              "makes this an error)", RuntimeWarning, stacklevel=2)
-                entry.eager, entry.graph = True, None
-                return self._step(reals, res_log2, alpha, labels)
+                # No eager fallback: a failed capture can leave the capture stream current and the
+                # registered generators in capture mode, so the process cannot safely go on.
+                raise RuntimeError(
+                    f"cuda_graph: capturing the {2 ** res_log2} px step failed ({type(exc).__name__}: {exc}). "
+                    "Capture is on by default on one GPU: train with --no-cuda-graph (continue this run "
+                    "from its last checkpoint with --resume RUN_DIR --no-cuda-graph), or with "
+                    f"--cuda-graph-max-res below {2 ** res_log2}") from exc
         entry.reals.copy_(reals)
         if labels is not None:
             entry.labels.copy_(labels)

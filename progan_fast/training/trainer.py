@@ -125,7 +125,6 @@ class Trainer:
         self.step = TrainStep(self.G, self.D, lr=cfg.lrate_base, amp_dtype=amp_dtype, ema_beta=cfg.ema_beta,
                               channels_last=channels_last, device=self.device, generator=gen, rank=rank,
                               world_size=cfg.world_size, cuda_graph=cuda_graph,
-                              graph_fallback=cfg.cuda_graph is None,
                               graph_max_res_log2=resolution_log2(cfg.cuda_graph_max_res), cond_weight=cfg.cond_weight)
         self.stream = make_batch_stream(cfg.loader, dataset, seed=cfg.seed, rank=rank,
                                         world_size=cfg.world_size, mirror=cfg.mirror, device=self.device)
