@@ -62,16 +62,20 @@ def test_gradcheck_and_gradgradcheck(form):
     assert torch.autograd.gradgradcheck(f, (x, w))
 
 
-class _ConvShapes(TorchDispatchMode):
-    """Records the kernel (weight) size of every convolution dispatched."""
+class _ConvSpy(TorchDispatchMode):
+    """Records the convolution kernels dispatched: `ops` by what each computes (a forward "conv",
+    a backward's "dgrad" / "wgrad"), `kernels` the weight's spatial size of each forward conv."""
 
     def __init__(self):
         super().__init__()
-        self.kernels = []
+        self.ops, self.kernels = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket is torch.ops.aten.convolution:
+            self.ops.append("conv")
             self.kernels.append(tuple(args[1].shape[2:]))
+        elif func.overloadpacket is torch.ops.aten.convolution_backward:
+            self.ops += [name for name, on in zip(("dgrad", "wgrad"), args[-1][:2]) if on]
         return func(*args, **(kwargs or {}))
 
 
@@ -83,7 +87,7 @@ def test_double_backward_convolves_no_image_sized_kernel(ours):
     w = torch.randn(5, 6, 3, 3, requires_grad=True)
     conv = (lambda a, b: conv_autograd.conv(a, b, 1, 1)) if ours else (lambda a, b: F.conv2d(a, b, padding=1))
     (gx,) = torch.autograd.grad(conv(x, w).square().sum(), x, create_graph=True)
-    spy = _ConvShapes()
+    spy = _ConvSpy()
     with spy:
         gx.square().sum().backward()
     assert spy.kernels  # the double backward did convolve
@@ -143,33 +147,17 @@ def test_auto_layers_take_it_where_the_device_rule_says(on_cuda, monkeypatch):
     w, b = torch.randn(3, 4, 3, 3, requires_grad=True), torch.randn(3)
     for kw in (dict(), dict(down=True)):
         (gx,) = torch.autograd.grad(ops.eq_conv2d(x, w, b, **kw).square().sum(), x, create_graph=True)
-        spy = _ConvShapes()
+        spy = _ConvSpy()
         with spy:
             gx.square().sum().backward()
         assert any(max(k) > 4 for k in spy.kernels) != on_cuda, (kw, spy.kernels)
-
-
-class _ConvOps(TorchDispatchMode):
-    """Counts convolution kernels: forward convs, and backward convs by what they compute."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket is torch.ops.aten.convolution:
-            self.ops.append("conv")
-        elif func.overloadpacket is torch.ops.aten.convolution_backward:
-            mask = args[-1]
-            self.ops += [name for name, on in zip(("dgrad", "wgrad"), mask[:2]) if on]
-        return func(*args, **(kwargs or {}))
 
 
 def _penalty_pattern_ops(conv):
     torch.manual_seed(0)
     w1, w2 = torch.randn(5, 3, 3, 3, requires_grad=True), torch.randn(4, 5, 3, 3, requires_grad=True)
     x = torch.randn(2, 3, 8, 8, requires_grad=True) * 1.0  # a non-leaf, like the penalty's mix
-    first, second = _ConvOps(), _ConvOps()
+    first, second = _ConvSpy(), _ConvSpy()
     out = conv(F.leaky_relu(conv(x, w1), 0.2), w2).sum()
     with first:
         (gx,) = torch.autograd.grad(out, x, create_graph=True)
@@ -199,7 +187,7 @@ def test_an_unused_weight_gradient_costs_no_kernel_in_the_double_backward():
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, requires_grad=True)
     gx, gw = torch.autograd.grad(conv_autograd.conv(x, w, 1, 1).sum(), (x, w), create_graph=True)
-    spy = _ConvOps()
+    spy = _ConvSpy()
     with spy:
         gx.square().sum().backward()
     assert spy.ops == ["wgrad"], spy.ops
