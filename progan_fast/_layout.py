@@ -1,4 +1,4 @@
-"""Memory-format and accumulation-dtype helpers shared by the reference ops and both kernel backends
+"""Memory-format, accumulation-dtype and autocast-dtype helpers shared by the reference ops and both kernel backends
 (torch only, so the reference and the CUDA backend need not import Triton)."""
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ def empty_4d(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> tor
     """A new 4-D tensor of `shape` stored in `like`'s memory format (used for resampled outputs)."""
     return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device,
                        memory_format=memory_format(like))
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts to on `device_type` when it is on there, else None (devices autocast
+    does not know, such as meta, count as off: asking torch.is_autocast_enabled about them raises)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -10,6 +10,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import ops
+from ._layout import autocast_dtype
 
 SQRT2 = math.sqrt(2.0)
 
@@ -49,10 +50,7 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # under autocast the weight is made in its dtype at once (autocast would cast it again otherwise)
-        dev = x.device.type
-        amp = torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
-        y = F.linear(x, ops.reference.equalized_weight(
-            self.weight, self.gain, torch.get_autocast_dtype(dev) if amp else None))
+        y = F.linear(x, ops.reference.equalized_weight(self.weight, self.gain, autocast_dtype(x.device.type)))
         if self.bias is None and self.act == "linear":
             return y
         return ops.bias_act(y, self.bias, act=self.act, slope=self.slope)

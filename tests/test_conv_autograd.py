@@ -191,3 +191,10 @@ def test_an_unused_weight_gradient_costs_no_kernel_in_the_double_backward():
     with spy:
         gx.square().sum().backward()
     assert spy.ops == ["wgrad"], spy.ops
+
+
+def test_meta_tensors_trace_through_it():
+    """Devices autocast does not know (meta: shapes only) must not make it ask autocast about them."""
+    x = torch.empty(2, 3, 8, 8, device="meta", requires_grad=True)
+    y = conv_autograd.conv(x, torch.empty(4, 3, 3, 3, device="meta"), 1, 1)
+    assert y.shape == (2, 4, 8, 8) and y.device.type == "meta"

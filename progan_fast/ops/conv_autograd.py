@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from .._layout import autocast_dtype
+
 __all__ = ["conv", "conv_backward", "grad_is_used"]
 
 
@@ -96,9 +98,8 @@ def conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int = 0,
     (w then [C_in, C_out, k, k]); no bias, dilation 1, one group. Under autocast both operands
     are cast to the autocast dtype first, as autocast does for F.conv2d (the casts stay outside the
     Function, so its saved tensors and gradients are all in that dtype)."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        dt = torch.get_autocast_dtype(dev)
+    dt = autocast_dtype(x.device.type)
+    if dt is not None:
         x, w = (t.to(dt) if t.dtype != torch.float64 else t for t in (x, w))  # autocast leaves fp64 alone
     return _Conv.apply(x, w, int(stride), int(padding), bool(transposed))
 
