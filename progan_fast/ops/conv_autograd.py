@@ -30,16 +30,13 @@ def _args(stride: int, padding: int, transposed: bool):
     return [stride, stride], [padding, padding], [1, 1], transposed, [0, 0], 1
 
 
-def _aten_conv(x, w, stride, padding, transposed):
-    return torch.ops.aten.convolution(x, w, None, *_args(stride, padding, transposed))
-
-
 def grad_is_used(ctx, i: int) -> bool:
     """Whether this backward pass uses input i's gradient. `needs_input_grad` only says the input
     requires grad; the penalty's first backward, autograd.grad(D(x), x), reaches the weights but
     does not use their gradient, and PyTorch's own conv rule skips the wgrad there: so does this,
     asking the engine (private API; where it cannot answer, the gradient is computed)."""
-    if not ctx.needs_input_grad[i]:
+    needs = getattr(ctx, "needs_input_grad", None)  # absent where a backward formula runs outside autograd
+    if needs is not None and not needs[i]:
         return False
     try:
         return bool(torch._C._will_engine_execute_node(ctx.next_functions[i][0]))
@@ -52,7 +49,7 @@ class _Conv(torch.autograd.Function):
     def forward(ctx, x, w, stride, padding, transposed):
         ctx.save_for_backward(x, w)
         ctx.form = (stride, padding, transposed)
-        return _aten_conv(x, w, stride, padding, transposed)
+        return torch.ops.aten.convolution(x, w, None, *_args(stride, padding, transposed))
 
     @staticmethod
     def backward(ctx, gy):
@@ -80,11 +77,10 @@ class _ConvBackward(torch.autograd.Function):
         form = ctx.form
         need_gy, need_x, need_w = (grad_is_used(ctx, i) for i in range(3))
         d_gy = d_x = d_w = None
-        if need_gy:
-            terms = [conv(ggx, w, *form) if ggx is not None else None,
-                     conv(x, ggw, *form) if ggw is not None else None]
-            terms = [t for t in terms if t is not None]
-            d_gy = terms[0] + terms[1] if len(terms) == 2 else (terms[0] if terms else None)
+        if need_gy and ggx is not None:
+            d_gy = conv(ggx, w, *form)
+        if need_gy and ggw is not None:
+            d_gy = conv(x, ggw, *form) if d_gy is None else d_gy + conv(x, ggw, *form)
         if need_x and ggw is not None:
             d_x = conv_backward(gy, x, ggw, *form, need_x=True, need_w=False)[0]
         if need_w and ggx is not None:

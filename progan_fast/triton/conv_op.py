@@ -107,8 +107,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, gy, gr):
     x, weight, y, r = ctx.saved_tensors
     # what this pass uses (the penalty's autograd.grad(D(x), x) uses no weight or bias gradient)
-    needs = tuple(conv_autograd.grad_is_used(ctx, i) for i in range(3)) if hasattr(ctx, "needs_input_grad") \
-        else (True,) * 3
+    needs = tuple(conv_autograd.grad_is_used(ctx, i) for i in range(3))
     needs = (needs[0], needs[1], needs[2] and ctx.bias_dtype is not None)
     gx, gw, gb = eq_conv2d_backward(gy, gr, x, weight, y, r, needs=needs, **ctx.cfg)
     if gb is not None:
