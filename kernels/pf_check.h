@@ -30,7 +30,6 @@ inline std::string piece(c10::IntArrayRef a) {
   for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
   return s + "]";
 }
-inline std::string piece(std::initializer_list<int64_t> a) { return piece(c10::IntArrayRef(a)); }
 template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
 std::string piece(T v) {
   return std::to_string(v);
