@@ -11,16 +11,6 @@ from progan_fast import ops
 from progan_fast.ops import reference as R
 
 
-@pytest.fixture
-def deterministic_cudnn():
-    """cuDNN picks among algorithms, some with atomics (fp64 on CUDA, for one), so two runs of one
-    conv can differ in the last bit. The bit-identity tests that compare two gradient paths through
-    the same conv need it deterministic."""
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
-                                    allow_tf32=torch.backends.cudnn.allow_tf32):
-        yield
-
-
 def _mbstd_loop(x, group_size=4, eps=1e-8):
     """Straight from the official definition, one group at a time."""
     n, c, h, w = x.shape
