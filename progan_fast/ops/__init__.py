@@ -200,7 +200,16 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
     if backend == "ref" and auto:  # the reference layer, with the conv's cheaper double backward on CUDA
         kw["wgrad_double_backward"] = _wgrad_double_backward(x)
+        kw["pool"] = _auto_pool
     return implementation(backend, op)(x, weight, bias, **kw)
+
+
+def _auto_pool(y):
+    """The 2x2 average pool of a `down` layer under `auto`: the downsample2x kernel the table picks
+    for this size (aten's channels_last pooling backward was slow: reference.conv2d_resample), else
+    aten's pool on y's own dtype (the reference op would compute it through an fp32 copy)."""
+    backend = backend_for("downsample2x", "auto", y.device, y.numel())
+    return reference.avg_pool2x2(y) if backend == "ref" else implementation(backend, "downsample2x")(y)
 
 
 def _wgrad_double_backward(x) -> bool:
@@ -215,7 +224,7 @@ def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, u
     a fused epilogue kernel at this size, a layer the conv kernel does not win still gets it.
     (The bias was checked by eq_conv2d: the epilogue is resolved directly, without its wrapper.)"""
     y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
-                                   wgrad_double_backward=_wgrad_double_backward(x))
+                                   wgrad_double_backward=_wgrad_double_backward(x), pool=_auto_pool)
     if pixel_norm:
         return resolve("bias_act_pixel_norm", "auto", y.device, y.numel())(y, bias, act=act, slope=slope, gain=1.0,
                                                                            eps=eps)

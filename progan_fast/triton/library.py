@@ -642,7 +642,7 @@ def split_alpha(alpha):
 def public_ops(ops) -> dict:
     """The public-op signatures of `progan_fast.ops` (keyword arguments, Python alpha) over the operators
     of one `define_ops` namespace: what a backend registers. eq_conv2d is the convolution by torch
-    (cuDNN / cuBLAS) followed by this namespace's one fused epilogue kernel."""
+    (cuDNN / cuBLAS), pooled (`down`) by this namespace's downsample2x, then its one fused epilogue kernel."""
     from ..ops import reference
 
     def bias_act(x, b=None, *, act="lrelu", slope=0.2, gain=1.0, dim=1):
@@ -671,7 +671,7 @@ def public_ops(ops) -> dict:
 
     def eq_conv2d(x, weight, bias=None, *, gain, act, slope, pixel_norm, up, down, fused_scale, eps):
         y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
-                                       wgrad_double_backward=True)
+                                       wgrad_double_backward=True, pool=ops.downsample2x)
         if pixel_norm:
             return ops.bias_act_pixel_norm(y, bias, act, float(slope), 1.0, float(eps))
         return ops.bias_act(y, bias, act, float(slope), 1.0, 1)
