@@ -21,7 +21,9 @@
 # profile_step.md (bench/profile_step.py), results.json, results.md. Scratch files (the impl='auto'
 # table the op and layer cases imply, under which the step stages and the profile run; the profile's
 # JSON) go to $SCRATCH (default /tmp/progan_gpu_check): re-derive the table from results.json.
-# Knobs: PYTHON (default python3), CHECK_BUDGET_S, PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
+# Knobs: PYTHON (default python3), CHECK_BUDGET_S, CHECK_STAGES (comma-separated stage names: run only
+# those, e.g. a follow-up of what a cut run skipped; versions, install and backends are stages too),
+# BENCH_OPS_K / BENCH_LAYERS_K / BENCH_STEP_K (a pytest -k expression for that bench stage), PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=30
 # T_BENCH_LAYERS=60 T_BENCH_STEP=140 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_CUDA_TESTS=40 T_TRITON_TESTS=60
@@ -48,6 +50,9 @@ say() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 # output, echo its last lines, record the outcome; always returns 0.
 stage() {
   local name=$1 want=$2; shift 2
+  if [[ -n ${CHECK_STAGES:-} && " ${CHECK_STAGES//,/ } " != *" $name "* ]]; then
+    say "SKIP $name: not in CHECK_STAGES"; STATUS+=("$name: not selected"); return 0
+  fi
   local left=$(( T0 + BUDGET - RESERVE - $(date +%s) ))
   local t=$(( want < left ? want : left ))
   if (( t < 10 )); then
@@ -160,7 +165,8 @@ fi
 export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py bench/test_auto_table.py -q -p no:cacheprovider
-stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
+stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" -k "${BENCH_OPS_K:-}" \
+  --benchmark-json="$OUT/bench_ops.json"
 # host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
 stage bench_host "${T_BENCH_HOST:-30}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 # Triton's conv kernels take their heuristic tiles in every bench stage from here on: autotuning each
@@ -168,7 +174,8 @@ stage bench_host "${T_BENCH_HOST:-30}" "$PY" -m pytest bench/test_bench_host.py 
 # autotuner keeps no results across processes). Tuned tiles can only be faster than these numbers.
 export PROGAN_FAST_TRITON_AUTOTUNE=0
 # conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
-stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_layers.json"
+stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" -k "${BENCH_LAYERS_K:-}" \
+  --benchmark-json="$OUT/bench_layers.json"
 # impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
 # copied, this GPU's architecture replaced: $SCRATCH/auto_backends.json), so the step variants below
 # measure the table these numbers imply (to commit it, re-derive it from the saved results file:
@@ -186,7 +193,8 @@ if [[ $HAS_GPU == 1 && -s $OUT/bench_ops.json ]]; then
     rm -f "$SCRATCH/auto_backends.json"
   fi
 fi
-stage bench_step "${T_BENCH_STEP:-140}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs --benchmark-json="$OUT/bench_step.json"
+stage bench_step "${T_BENCH_STEP:-140}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs \
+  -k "${BENCH_STEP_K:-}" --benchmark-json="$OUT/bench_step.json"
 
 # ---------------------------------------------------------------------------------- extras
 # In order of what a run cut short should keep: the end-to-end --cuda-graph trainer run (the only

@@ -241,6 +241,11 @@ CASES = {
                             lambda dt, lo: (rand(3, 5, 2, 3, dtype=dt, layout=lo), rand(5, dtype=dt))),
     "bias_act_pixel_norm_c16": (lambda o, x, b: o.bias_act_pixel_norm(x, b, gain=1.1),
                                 lambda dt, lo: (rand(2, 16, 3, 3, dtype=dt, layout=lo), rand(16, dtype=dt))),
+    # channels_last rows of several lane groups: lanes < chunks, lanes idle, a lane's last chunk partial
+    "bias_act_pixel_norm_c80": (lambda o, x, b: o.bias_act_pixel_norm(x, b, gain=1.2),
+                                lambda dt, lo: (rand(3, 80, 3, 1, dtype=dt, layout=lo), rand(80, dtype=dt))),
+    "bias_act_pixel_norm_c296": (lambda o, x, b: o.bias_act_pixel_norm(x, b, act="linear"),
+                                 lambda dt, lo: (rand(2, 296, 1, 3, dtype=dt, layout=lo), rand(296, dtype=dt))),
     "pixel_norm_4d": (lambda o, x: o.pixel_norm(x), lambda dt, lo: (rand(3, 5, 2, 3, dtype=dt, layout=lo),)),
     "pixel_norm_latent": (lambda o, x: o.pixel_norm(x), lambda dt, lo: (rand(3, 24, dtype=dt, layout=lo),)),
     "pixel_norm_dim3": (lambda o, x: o.pixel_norm(x, dim=3),
