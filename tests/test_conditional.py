@@ -189,7 +189,7 @@ def test_conditional_eager_step_never_synchronizes(head):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("head", ["acgan", "projection"])
-def test_conditional_graphed_run_equals_eager_run(head, deterministic_cudnn):
+def test_conditional_graphed_run_equals_eager_run(head, one_backend_eager_and_graphed):
     import copy
     torch.manual_seed(0)
     G, D = (m.cuda() for m in _nets(head))

@@ -166,7 +166,7 @@ def _run(step, batches):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
-def test_graphed_run_equals_eager_run(amp, deterministic_cudnn):
+def test_graphed_run_equals_eager_run(amp, one_backend_eager_and_graphed):
     torch.manual_seed(0)
     G, D = _nets(device="cuda")
     G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
