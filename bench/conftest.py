@@ -13,7 +13,7 @@ Environment knobs (all optional):
   PROGAN_BENCH_CASE_S=0.2     time budget per op/layer case in seconds (step cases get 4x)
   PROGAN_BENCH_DEVICE=cpu     force the CPU profile on a GPU machine
   PROGAN_BENCH_THREADS=1      torch threads for the CPU profile
-  PROGAN_BENCH_GRAPH_MAX_RES=16  the CUDA-graph step variant (fast_graph) up to this resolution
+  PROGAN_BENCH_GRAPH_MAX_RES=256 the CUDA-graph step variant (fast_graph) up to this resolution
   PROGAN_BENCH_GRAPH_OPS=0|1  op cases also as CUDA-graph replays, modes fwd_graph and fwdbwd_graph (default: on with a GPU)
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Settings:
     min_rounds: int = 5
     max_rounds: int = 200
     cpu_batch: int = 4
-    graph_max_res: int = 16          # CUDA-graph step variant up to this resolution
+    graph_max_res: int = 256         # CUDA-graph step variant up to this resolution
     graph_ops: bool = False          # op cases also timed as CUDA-graph replays (*_graph modes, GPU)
     extra_variants: bool = False     # fused_scale layer variants (every GPU run)
     notes: list = field(default_factory=list)

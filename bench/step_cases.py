@@ -11,7 +11,7 @@ Variants:
   fast         progan_fast ops (impl auto), bf16 autocast, channels_last on GPU
   triton_amp   every op on the Triton backend (impl triton), bf16 autocast, channels_last (GPU only)
   cuda_amp     every op on the compiled CUDA backend (impl cuda), bf16 autocast, channels_last (GPU only)
-  fast_graph   `fast` captured in a CUDA graph by TrainStep.capture (4-16 px; target >= 5x eager)
+  fast_graph   `fast` captured in a CUDA graph by TrainStep.capture (4-256 px; target >= 5x eager at 4-16 px)
 """
 from __future__ import annotations
 

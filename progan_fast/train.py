@@ -74,12 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="operator backend (default auto: on CUDA, per op, the backend the committed bench results favour for this GPU architecture, progan_fast/ops/auto_backends.json; the reference elsewhere)")
     x.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help="capture each phase's iteration (D step + penalty, G step, EMA) in a CUDA graph and replay "
-                        "it at <= --cuda-graph-max-res, where the step is launch-bound (measured on an H100: 9.8x "
-                        "the eager step's img/s at 4 px, 1.6x at 16 px). Default: on when training on one CUDA "
-                        "device; --no-cuda-graph turns it off (also on --resume)")
+                        "it at <= --cuda-graph-max-res: the eager step is launch-bound even at 256 px (measured on "
+                        "an H100, img/s of the graphed over the eager step: 9.8x at 4 px, 1.6x at 16 px, 1.5x at "
+                        "64 px, 3.2x at 256 px). Default: on when training on one CUDA device; --no-cuda-graph "
+                        "turns it off (also on --resume)")
     x.add_argument("--cuda-graph-max-res", type=int,
-                   help="highest resolution whose iteration --cuda-graph captures (default 32; above it the step "
-                        "runs eagerly; each captured phase holds its own memory pool)")
+                   help="highest resolution whose iteration --cuda-graph captures (default 256, the largest "
+                        "measured; above it the step runs eagerly; the current phase's graphs hold their own "
+                        "memory pool, freed when the run moves to the next resolution)")
     x.add_argument("--loader", choices=["auto", "torch", "dali"],
                    help="data loader: 'dali' (NVIDIA DALI; GPU JPEG decode), 'torch', or 'auto' (default: dali "
                         "when installed and on CUDA)")

@@ -43,10 +43,11 @@ class _GraphEntry:
 
 
 def default_cuda_graph(device: torch.device, world_size: int) -> bool:
-    """Whether a run that does not say captures its steps: on one CUDA device. The step at <= 32 px is
-    launch-bound and replaying it as a graph measured 9.8x the eager step's img/s at 4 px and 1.6x at
-    16 px (H100, bench/results/20261126T161220_nvidia-h100_cbcea2b9.md); the gradient all-reduce of a
-    multi-process run is not captured."""
+    """Whether a run that does not say captures its steps: on one CUDA device. The eager step is
+    launch-bound at every size measured: replaying it as a graph measured 9.8x the eager step's img/s
+    at 4 px and 1.6x at 16 px (H100, bench/results/20261126T161220_nvidia-h100_cbcea2b9.md), 1.5x at
+    64 px and 3.2x at 256 px (bench/results/20261126T175729_nvidia-h100_fac0fde9.md); the gradient all-reduce
+    of a multi-process run is not captured."""
     return torch.device(device).type == "cuda" and world_size == 1
 
 
@@ -69,7 +70,7 @@ class TrainStep:
                  ema_beta: float = 0.999, wgan_lambda: float = 10.0, wgan_target: float = 1.0,
                  drift: float = 1e-3, channels_last: bool = False, device=None, Gs=None,
                  generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1,
-                 cuda_graph: bool = False, graph_max_res_log2: int = 5, graph_warmup: int = 2,
+                 cuda_graph: bool = False, graph_max_res_log2: int = 8, graph_warmup: int = 2,
                  cond_weight: float = 1.0):
         self.G, self.D = G, D
         g_mod = unwrap(G)
