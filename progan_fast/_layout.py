@@ -20,8 +20,11 @@ def empty_4d(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> tor
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast casts to on `device_type` when it is on there, else None (devices autocast
-    does not know, such as meta, count as off: asking torch.is_autocast_enabled about them raises)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    does not know, such as meta, count as off: asking torch.is_autocast_enabled about them raises).
+    Under torch.compile the availability check is skipped: Dynamo in torch 2.11 cannot trace it, and
+    compiled code runs on devices autocast knows."""
+    available = torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type)
+    if available and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 

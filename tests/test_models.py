@@ -130,3 +130,18 @@ def test_use_channels_last_keeps_every_conv_in_channels_last(fused_scale):
     assert not bad, f"convs off channels_last: {bad}"
     use_channels_last(G, D, enabled=False)
     assert not G.channels_last and all(p.is_contiguous() for p in G.parameters())
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_models_compile_as_one_graph(amp):
+    """torch.compile(fullgraph=True) traces G and D whole under the default backend (and autocast):
+    Dynamo in torch 2.11 could not trace the backend lookups' ContextVar.get nor
+    torch.amp.is_autocast_available, so every op call broke the graph (19 graphs for this G)."""
+    G = Generator(resolution=16, num_channels=3, fmap_base=256, fmap_max=32, latent_size=32)
+    D = Discriminator(resolution=16, num_channels=3, fmap_base=256, fmap_max=32)
+    z, x = torch.randn(4, 32), torch.randn(4, 3, 16, 16)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        for net, args in ((G, (z, 4, 0.5)), (D, (x, 4, 0.5))):
+            compiled = torch.compile(net, fullgraph=True, backend="eager")
+            torch.testing.assert_close(compiled(*args), net(*args))

@@ -24,6 +24,8 @@ import os
 import warnings
 from typing import Callable, Iterator, NamedTuple
 
+import torch
+
 # "igemm": Triton's implicit-GEMM conv layer (eq_conv2d only; progan_fast/triton/conv_op.py), a
 # backend of its own so that `auto` can pick it per conv-layer kind where the layer bench measures it
 # faster than Triton's default conv layer (cuDNN conv + fused Triton epilogue) and the reference.
@@ -93,6 +95,20 @@ def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
 
 AUTO_TABLE, AUTO_TABLE_GRAPH, AUTO_FORMS = _load_auto_tables()
 _graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_graph_mode", default=False)
+
+
+# Dynamo in torch 2.11 cannot trace ContextVar.get: every op call of a compiled model broke its graph
+# there (a small Generator's forward compiled as 19 graphs). The two settings are read as trace-time
+# constants instead: a function compiled under one default backend (or graph mode) keeps the kernels
+# it was traced with, as it keeps every other trace-time choice.
+@torch.compiler.assume_constant_result
+def _default_impl() -> str:
+    return _default.get()
+
+
+@torch.compiler.assume_constant_result
+def _in_graph_mode() -> bool:
+    return _graph_mode.get()
 _arch_of_index: dict[int, str] = {}
 
 
@@ -156,7 +172,7 @@ def _entries(op: str, device) -> tuple:
     if arch is None:
         return ("ref",)
     eager = AUTO_TABLE.get(arch, {}).get(op, AUTO_DEFAULT_CUDA)
-    if _graph_mode.get():
+    if _in_graph_mode():
         graph = AUTO_TABLE_GRAPH.get(arch, {}).get(op)
         if graph is not None:
             return graph
@@ -259,7 +275,7 @@ def set_backend(impl: str) -> None:
 
 
 def get_backend() -> str:
-    return _default.get()
+    return _default_impl()
 
 
 @contextlib.contextmanager
@@ -294,7 +310,7 @@ def backend_for(op: str, impl: str, device, numel: int | None = None, layer: str
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; expected one of {IMPLS}")
     if impl == "auto":
-        impl = _default.get()
+        impl = _default_impl()
     if impl != "auto":
         if not _supports_device(impl, device_type):
             raise RuntimeError(f"progan_fast.ops.{op}: impl={impl!r} cannot run on {device_type} tensors"
