@@ -4,11 +4,11 @@
 #   OUT=/path/for/results bash bench/gpu_check.sh          (from the repository root)
 #
 # Stages, in the order a run cut short should keep them: versions -> pip install -e . (CUDA
-# extension) -> the GPU-only tests (pytest -m gpu, without compile/autotune) -> bench unit tests ->
+# extension) -> the GPU-only tests (pytest -m gpu, without compile/autotune) -> kernel tests on the
+# GPU (test_cuda_ext, test_triton_ops, test_triton_conv) -> bench unit tests ->
 # bench ops / host cost per call / layers (quick mode, one pytest-benchmark JSON each) -> the
 # impl='auto' table they imply -> bench data + train step under that table -> trainer smoke run
-# with --cuda-graph -> step profile -> kernel tests on the GPU (test_triton_ops, test_cuda_ext,
-# test_triton_conv) -> the compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
+# with --cuda-graph -> step profile -> the compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
 # (results.json, results.md, compare against bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 500 s:
 # the first H100 run, 2026-11-26, needed 470 s and still cut four stages short); a stage that runs out
@@ -149,14 +149,22 @@ fi
 # ---------------------------------------------------------------------------------- tests
 # The GPU-only tests first, the ones no CPU run can stand in for (direct Triton launches, CUDA-graph
 # capture, no-sync steps, the conditional and metrics paths), without those that compile with
-# torch.compile or autotune (tens of seconds each: they run after the benchmarks). The per-op kernel
-# tests, which CI also runs in Triton's interpreter and the extension's CPU build, run later too.
+# torch.compile or autotune (tens of seconds each: they run after the benchmarks). Then the per-op
+# kernel tests, which CI also runs in Triton's interpreter and the extension's CPU build.
 if [[ $HAS_GPU == 1 ]]; then
   # no -x: every test reports
   first=(tests/test_triton_launch.py tests/test_train_step_graph.py)  # the direct launch, the graphed step
   rest=(); for f in tests/test_*.py; do [[ " ${first[*]} " == *" $f "* ]] || rest+=("$f"); done
   stage gpu_tests "${T_GPU_TESTS:-60}" "$PY" -m pytest "${first[@]}" "${rest[@]}" -q -rfE -m gpu \
     -k "not compile and not autotuned" -p no:cacheprovider
+  # the kernels against the reference on the GPU (CI runs the same tests in the interpreter / CPU build),
+  # before any benchmark: three runs in a row cut test_triton_ops when it came after the benches
+  stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q \
+    -p no:cacheprovider -k "not compile"
+  stage triton_tests "${T_TRITON_TESTS:-60}" "$PY" -m pytest tests/test_triton_ops.py -q \
+    -p no:cacheprovider -k "not compile"
+  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" "$PY" -m pytest \
+    tests/test_triton_conv.py -q -p no:cacheprovider -k "not compile and not autotuned"
 else
   say "SKIP gpu_tests and the GPU kernel tests: no GPU"; STATUS+=("gpu_tests: skipped (no GPU)")
 fi
@@ -209,14 +217,6 @@ if [[ $HAS_GPU == 1 ]]; then
   TAIL_LINES=16 stage profile_step "${T_PROFILE_STEP:-45}" env PROGAN_BENCH_GRAPH_MAX_RES=64 \
     "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$SCRATCH/profile_step.json"
-  # the kernels against the reference on the GPU (CI runs the same tests in the interpreter / CPU build);
-  # tests run under the committed auto table, never the one this run derived
-  stage cuda_tests "${T_CUDA_TESTS:-40}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest tests/test_cuda_ext.py -q \
-    -p no:cacheprovider -k "not compile"
-  stage triton_tests "${T_TRITON_TESTS:-60}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest tests/test_triton_ops.py -q \
-    -p no:cacheprovider -k "not compile"
-  stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" env -u PROGAN_FAST_AUTO_TABLE "$PY" -m pytest \
-    tests/test_triton_conv.py -q -p no:cacheprovider -k "not compile and not autotuned"
   # the GPU tests left out above: torch.compile(fullgraph) of the ops and the conv, autotuned conv shapes
   stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE -u PROGAN_FAST_AUTO_TABLE \
     "$PY" -m pytest tests -q -rfE -m gpu -k "compile or autotuned" -p no:cacheprovider
