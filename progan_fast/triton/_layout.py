@@ -12,7 +12,15 @@ real kernels and the fake implementations that torch.compile traces always agree
 """
 from __future__ import annotations
 
-from .._layout import empty_4d, memory_format  # noqa: F401  (re-exported for the launchers)
+import torch
+import triton.language as tl
+
+from .._layout import acc_dtype, empty_4d, memory_format  # noqa: F401  (re-exported for the launchers)
+
+
+def tl_acc_dtype(dtype: torch.dtype):
+    """The Triton dtype a kernel accumulates in for `dtype` storage (acc_dtype's twin: fp64 for fp64)."""
+    return tl.float64 if acc_dtype(dtype) == torch.float64 else tl.float32
 
 
 def dim_order(shape, strides) -> list[int]:

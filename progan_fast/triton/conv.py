@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .._layout import acc_dtype, memory_format
+from ._layout import tl_acc_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PN_MAX_COUT = 512  # widest C_out whose pixel norm is fused into the tile (BLOCK_N = next_pow2(C_out))
@@ -295,9 +296,6 @@ def prepare_weight(weight: torch.Tensor, dtype: torch.dtype, up: bool, down: boo
     return wf.reshape(-1, kt, kt, *wf.shape[-2:]).to(dtype).contiguous(), kt
 
 
-_TL_ACC = {torch.float64: tl.float64}
-
-
 # ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
@@ -322,13 +320,12 @@ def eq_conv2d_forward(x, weight, bias, gain, act, slope, pixel_norm, up, down, e
         precision = "ieee"
     else:
         precision = "tf32"  # only fp32 operands are affected; 16-bit ones always use tensor cores
-    tl_acc = _TL_ACC.get(x.dtype, tl.float32)
     args = (x, w_op, bias if bias is not None else w_op, out, r if fused_pn else out,
             h, w_in, cin, cout, ho, wo, hp, wp, m,
             *x.stride(), *out.stride(), scale, 0.0 if act == "relu" else slope, eps,
             triton.next_power_of_2(m), kt * kt * cin)
     const = dict(KT=kt, PH=ph, IS=2 if down else 1, PAD=conv_padding(k), UP=up, HAS_BIAS=bias is not None,
-                 LRELU=act in ("lrelu", "relu"), PIXEL_NORM=fused_pn, PRECISION=precision, ACC_DTYPE=tl_acc)
+                 LRELU=act in ("lrelu", "relu"), PIXEL_NORM=fused_pn, PRECISION=precision, ACC_DTYPE=tl_acc_dtype(x.dtype))
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         if INTERPRET or not _flags["autotune"]:
             meta = _heuristic_meta(m, cin, cout, fused_pn)

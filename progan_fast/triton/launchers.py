@@ -13,12 +13,11 @@ import math
 import os
 
 import torch
-import triton.language as tl
 
 from . import kernels as K
 from ._launch import launch
 from .._layout import acc_dtype
-from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction
+from ._layout import dim_order, empty_4d, max_offset, next_pow2, plan_elementwise, plan_reduction, tl_acc_dtype
 from .library import sum_except
 
 ACT_CODES = {"linear": K.ACT_LINEAR, "relu": K.ACT_RELU, "lrelu": K.ACT_LRELU}
@@ -41,10 +40,6 @@ def _tile_elems(t: torch.Tensor) -> int:
     # CPU tensors run only under the interpreter, which runs programs one after another in Python:
     # fewer, bigger tiles are faster there. (Decided by device, not by reading the environment per call.)
     return 16384 if t.device.type == "cpu" else 2048
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _check(op: str, *tensors) -> torch.device:
@@ -135,7 +130,7 @@ def bias_act(x, b, act, slope, gain, dim):
             bst[dim] = b.stride(0)
         _elementwise(K.bias_act_fwd_kernel, [x, b, y], [x.stride(), bst, y.stride()], 1,
                      post=(float(slope), float(gain)), HAS_B=b is not None, ACT=ACT_CODES[act],
-                     ACC=_acc(x.dtype))
+                     ACC=tl_acc_dtype(x.dtype))
     return y
 
 
@@ -147,7 +142,7 @@ def bias_act_grad(dy, y, act, slope, gain):
         yy = y if code != K.ACT_LINEAR else None
         _elementwise(K.bias_act_bwd_kernel, [dy, yy, dx],
                      [dy.stride(), yy.stride() if yy is not None else [0] * dy.dim(), dx.stride()], 1,
-                     pre=(dx,), post=(float(slope), float(gain)), ACT=code, ACC=_acc(dy.dtype), DB=0, ITERS=1)
+                     pre=(dx,), post=(float(slope), float(gain)), ACT=code, ACC=tl_acc_dtype(dy.dtype), DB=0, ITERS=1)
     return dx
 
 
@@ -202,7 +197,7 @@ def bias_act_grad_db(dy, y, act, slope, gain, dim):
     part = torch.empty(part_shape, dtype=acc, device=dy.device)
     with _guard(dy.device):
         launch(K.bias_act_bwd_kernel, grid, [dy, yy if yy is not None else dy, dx, part, *ints, float(slope), float(gain)],
-               dict(ACT=code, ACC=_acc(dy.dtype), BR=br, BC=bc, IDX64=idx64, DB=mode, ITERS=iters))
+               dict(ACT=code, ACC=tl_acc_dtype(dy.dtype), BR=br, BC=bc, IDX64=idx64, DB=mode, ITERS=iters))
     return dx, part.sum(reduce_dims)
 
 
@@ -218,7 +213,7 @@ def lerp(a, b, alpha_t, alpha):
     if a.numel():
         pre, has = _alpha_args(alpha_t, alpha, a)
         _elementwise(K.lerp_fwd_kernel, [a, b, y], [a.stride(), b.stride(), y.stride()], 1, pre=pre,
-                     HAS_ALPHA_PTR=has, ACC=_acc(a.dtype))
+                     HAS_ALPHA_PTR=has, ACC=tl_acc_dtype(a.dtype))
     return y
 
 
@@ -228,7 +223,7 @@ def lerp_grad(g, alpha_t, alpha):
     if g.numel():
         pre, has = _alpha_args(alpha_t, alpha, g)
         _elementwise(K.lerp_bwd_kernel, [g, da, db], [g.stride(), da.stride(), db.stride()], 2, pre=pre,
-                     HAS_ALPHA_PTR=has, ACC=_acc(g.dtype))
+                     HAS_ALPHA_PTR=has, ACC=tl_acc_dtype(g.dtype))
     return da, db
 
 
@@ -276,7 +271,7 @@ def _quad(mode, hi_in=None, lo_in=None, hi_out=None, lo_out=None, alpha_t=None, 
     (ap, af), has = _alpha_args(alpha_t, alpha, ref)
     with _guard(ref.device):
         launch(K.quad_kernel, grid, [*ptrs, ap, af, *ints],
-               dict(MODE=mode, HAS_ALPHA_PTR=has, ACC=_acc(ref.dtype), BR=br, BC=bc, IDX64=idx64))
+               dict(MODE=mode, HAS_ALPHA_PTR=has, ACC=tl_acc_dtype(ref.dtype), BR=br, BC=bc, IDX64=idx64))
 
 
 def _half(t):
@@ -381,7 +376,7 @@ def bias_act_pixel_norm(x, b, act, slope, gain, eps, dim=1):
     _check("bias_act_pixel_norm", x, b)
     y = torch.empty_like(x)
     _pixel_norm_launch(K.pn_fwd_kernel, [x, y], b, dim, 1, slope=float(slope), gain=float(gain),
-                       eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+                       eps=float(eps), ACT=ACT_CODES[act], ACC=tl_acc_dtype(x.dtype))
     return y
 
 
@@ -389,7 +384,7 @@ def bias_act_pixel_norm_grad(dy, x, b, act, slope, gain, eps, dim=1):
     _check("bias_act_pixel_norm_grad", dy, x, b)
     dx = torch.empty_like(x)
     _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, dim, 2, bwd=True, slope=float(slope), gain=float(gain),
-                       eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+                       eps=float(eps), ACT=ACT_CODES[act], ACC=tl_acc_dtype(x.dtype))
     return dx
 
 
@@ -399,7 +394,7 @@ def bias_act_pixel_norm_grad_db(dy, x, b, act, slope, gain, eps):
     _check("bias_act_pixel_norm_grad_db", dy, x, b)
     dx = torch.empty_like(x)
     db = _pixel_norm_launch(K.pn_bwd_kernel, [dy, x, dx], b, 1, 2, bwd=True, db=True, slope=float(slope),
-                            gain=float(gain), eps=float(eps), ACT=ACT_CODES[act], ACC=_acc(x.dtype))
+                            gain=float(gain), eps=float(eps), ACT=ACT_CODES[act], ACC=tl_acc_dtype(x.dtype))
     if db is None:
         db = sum_except(dx, 1, acc_dtype(dx.dtype))
     return dx, db
@@ -443,11 +438,11 @@ def minibatch_stddev(x, group_size, eps):
         launch(K.mbstd_fwd_kernel, (m * p,),
                [x, out, part, m, g, length, p, sizes[1], sizes[2], x.stride(0), *[x.stride(d) for d in order],
                 out.stride(0), *[out.stride(d) for d in order], float(eps)],
-               dict(ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
+               dict(ACC=tl_acc_dtype(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
         block_hw = min(next_pow2(h * w), 1024)
         launch(K.mbstd_fill_kernel, (n * _cdiv(h * w, block_hw),),
                [part, out, m, p, length, h * w, w, out.stride(0), out.stride(2), out.stride(3), c * out.stride(1)],
-               dict(ACC=_acc(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64))
+               dict(ACC=tl_acc_dtype(x.dtype), BLOCK_P=min(next_pow2(p), 1024), BLOCK=block_hw, IDX64=idx64))
     return out
 
 
@@ -465,9 +460,9 @@ def minibatch_stddev_grad(dy, x, group_size, eps):
     with _guard(x.device):
         launch(K.mbstd_gsum_kernel, (m,),
                [dy, gs, m, g, h * w, w, dy.stride(0), dy.stride(2), dy.stride(3), c * dy.stride(1)],
-               dict(ACC=_acc(x.dtype), BLOCK=min(next_pow2(g * h * w), 1024), IDX64=idx64))
+               dict(ACC=tl_acc_dtype(x.dtype), BLOCK=min(next_pow2(g * h * w), 1024), IDX64=idx64))
         launch(K.mbstd_bwd_kernel, (m * p,),
                [dy, x, dx, gs, m, g, length, p, sizes[1], sizes[2], dy.stride(0), *[dy.stride(d) for d in order],
                 x.stride(0), *[x.stride(d) for d in order], dx.stride(0), *[dx.stride(d) for d in order], float(eps)],
-               dict(ACC=_acc(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
+               dict(ACC=tl_acc_dtype(x.dtype), GP=gp, BLOCK=block, IDX64=idx64))
     return dx
