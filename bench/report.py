@@ -4,6 +4,7 @@
                                  [--save] [--command CMD]
   python -m bench.report compare NEW.json [--against OLD.json] [--threshold 0.10] [--min-ms 0.005]
   python -m bench.report speed-table RESULTS.json
+  python -m bench.report merge BASE.json NEWER.json [...] --out merged.json [--save]
 
 `convert` merges one or more `--benchmark-json` files (from one run: e.g. ops, layers and steps as
 separate invocations) into one results document: environment, ceilings and one record per case
@@ -13,6 +14,13 @@ in the same run). `--save` also writes bench/results/<date>_<device class>_<comm
 `compare` matches cases by id and exits 1 when any case is more than `threshold` slower than the
 baseline; without `--against` the baseline is the newest bench/results/ file of the same device
 class. Either side may be a results JSON or a raw pytest-benchmark JSON.
+
+`merge` brings a follow-up run that re-measured some ops or layers into a full run of the same device
+class: each op, layer kind, step resolution or loader that a newer file measured replaces all of the
+older file's cases of it (every backend, size and mode), so a comparison between backends (the auto
+table's rule) never mixes two runs. The environment is the base file's, with `merged_from` recording
+each newer file, its commit and what it replaced; `--save` writes
+bench/results/<newest date>_<class>_<newest commit>_merged.json.
 
 `speed-table` prints the README's training-step table: one row per resolution (batch), one column
 per step variant measured, img/s with the speedup over eager fp32 of the same run, and MFU at
@@ -125,6 +133,41 @@ def saved_name(res: dict) -> str:
     date = (env.get("date") or datetime.datetime.now(datetime.timezone.utc).isoformat())[:19]
     date = date.replace(":", "").replace("-", "")
     return f"{date}_{env.get('device_class', 'unknown')}_{str(env.get('git_commit') or 'nogit')[:8]}.json"
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+def _merge_group(case: dict) -> str:
+    """What a re-measurement replaces as a whole, the first two parts of the case id: an op
+    (`op/pixel_norm`; host-cost cases apart, `host/pixel_norm`), a conv layer kind (`layer/d_down`),
+    a step resolution (`step/r64`), a loader resolution (`data/r64`)."""
+    return "/".join(str(case.get("id")).split("/")[:2])
+
+
+def merge(base: dict, newer: list[tuple[str, dict]]) -> dict:
+    """`base` with every group (see _merge_group) that a newer results document measured replaced by
+    that document's cases; later documents win. All must share the base's device class."""
+    device_class = base.get("env", {}).get("device_class")
+    cases = list(base.get("cases", []))
+    env = dict(base.get("env", {}))
+    env["merged_from"] = list(env.get("merged_from", []))
+    for path, doc in newer:
+        other = doc.get("env", {}).get("device_class")
+        if other != device_class:
+            raise ValueError(f"merge: {path} is from device class {other!r}, the base from {device_class!r}")
+        groups = {_merge_group(c) for c in doc.get("cases", [])}
+        cases = [c for c in cases if _merge_group(c) not in groups] + list(doc.get("cases", []))
+        env["merged_from"].append({"file": os.path.basename(path), "git_commit": doc.get("env", {}).get("git_commit"),
+                                   "date": doc.get("env", {}).get("date"), "replaced": sorted(groups)})
+    return {**base, "env": env, "cases": cases}
+
+
+def merged_name(res: dict) -> str:
+    env = res.get("env", {})
+    last = (env.get("merged_from") or [{}])[-1]
+    stem = saved_name({"env": {**env, "date": last.get("date") or env.get("date"),
+                               "git_commit": last.get("git_commit") or env.get("git_commit")}})
+    return stem[:-len(".json")] + "_merged.json"
 
 
 # ------------------------------------------------------------------------------------------ speed table
@@ -243,7 +286,30 @@ def main(argv=None) -> int:
     pm.add_argument("--results-dir", default=RESULTS_DIR)
     ps = sub.add_parser("speed-table", help="the README's training-step table from a results file")
     ps.add_argument("results")
+    pg = sub.add_parser("merge", help="a full run with the groups a follow-up re-measured replaced")
+    pg.add_argument("base")
+    pg.add_argument("newer", nargs="+")
+    pg.add_argument("--out", help="merged results JSON path")
+    pg.add_argument("--save", action="store_true", help="also write bench/results/<date>_<class>_<commit>_merged.json")
+    pg.add_argument("--md", help="markdown table path")
     args = p.parse_args(argv)
+
+    if args.cmd == "merge":
+        try:
+            res = merge(load_results(args.base), [(path, load_results(path)) for path in args.newer])
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        text = json.dumps(res, indent=1, sort_keys=False)
+        targets = ([args.out] if args.out else []) + ([os.path.join(RESULTS_DIR, merged_name(res))] if args.save else [])
+        for path in targets:
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"wrote {path}")
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(markdown(res))
+        return 0
 
     if args.cmd == "speed-table":
         print(speed_table(load_results(args.results)), end="")

@@ -130,3 +130,30 @@ def test_speed_table_rows_columns_speedups_and_mfu(tmp_path, capsys):
     assert report.main(["speed-table", str(path)]) == 0
     assert capsys.readouterr().out == table
     assert "no training-step cases" in report.speed_table({"cases": []})
+
+
+def test_merge_replaces_whole_groups_and_refuses_other_devices(tmp_path):
+    base = report.convert([_raw(BASE + [("op/lerp/r8/fwd/ref", 50e-6, {}), ("op/pixel_norm/r128/fwd/ref", 1e-3, {})])])
+    follow = report.convert([_raw([("op/pixel_norm/r8/fwd/ref", 110e-6, {}), ("op/pixel_norm/r8/fwd/cuda", 20e-6, {}),
+                                   ("step/r8/fast", 4e-3, {"baseline_id": "step/r8/eager_fp32"})],
+                                  date="2026-11-27T00:00:00+00:00", commit="def456")])
+    merged = report.merge(base, [("follow.json", follow)])
+    ids = {c["id"]: c["median_ms"] for c in merged["cases"]}
+    # every pixel_norm case of the base is gone (r128 too, which the follow-up did not measure): no
+    # comparison between backends mixes the two runs; the other ops stay; step r8 is the follow-up's
+    assert ids == {"op/pixel_norm/r8/fwd/ref": 0.11, "op/pixel_norm/r8/fwd/cuda": 0.02, "op/lerp/r8/fwd/ref": 0.05,
+                   "step/r8/fast": 4.0}
+    assert merged["env"]["git_commit"] == "abc123"
+    assert merged["env"]["merged_from"] == [{"file": "follow.json", "git_commit": "def456",
+                                             "date": "2026-11-27T00:00:00+00:00",
+                                             "replaced": ["op/pixel_norm", "step/r8"]}]
+    assert report.merged_name(merged) == "20261127T000000_nvidia-h100_def456_merged.json"
+    other = report.convert([_raw(BASE, device_class="nvidia-h200")])
+    with pytest.raises(ValueError, match="device class"):
+        report.merge(base, [("h200.json", other)])
+    # the CLI writes the merged document
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "follow.json").write_text(json.dumps(follow))
+    out = tmp_path / "merged.json"
+    assert report.main(["merge", str(tmp_path / "base.json"), str(tmp_path / "follow.json"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["env"]["merged_from"][0]["replaced"] == ["op/pixel_norm", "step/r8"]
