@@ -364,7 +364,7 @@ CASES_CONV = {  # fp32 only: in fp16/bf16 the conv's own low-precision backward 
     # the unfused down layer: cuDNN conv, then the extension's downsample2x pair (not aten's pool)
     "eq_conv2d_down": (lambda o, x, w, b: o.eq_conv2d(x, w, b, pixel_norm=False, up=False,
                                                       **{**CONV_KW, "down": True, "fused_scale": False}),
-                       lambda dt, lo: (rand(3, 3, 6, 4, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
+                       lambda dt, lo: (rand(3, 3, 6, 5, dtype=dt, layout=lo), rand(5, 3, 3, 3, dtype=dt), rand(5, dtype=dt))),
 }
 
 

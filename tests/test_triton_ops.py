@@ -628,6 +628,24 @@ def test_auto_reference_conv_takes_the_preferred_epilogue(pixel_norm, min_numel,
     assert len(calls) == (1 if rerouted else 0)
 
 
+def test_compiled_code_follows_the_default_backend(monkeypatch):
+    """torch.compile reads the default backend (and graph mode) through guarded module state: code
+    compiled under one backend is traced again when it runs under another, in one process (a constant
+    folded in without a guard kept the first backend for every later compile of the same code)."""
+    from progan_fast.triton import launchers
+    calls = []
+    launch = launchers._pixel_norm_launch
+    monkeypatch.setattr(launchers, "_pixel_norm_launch", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: ops.pixel_norm(x) * 2, backend="eager", fullgraph=True)
+    x = rand(4, 8)
+    for backend, launches in (("ref", 0), ("triton", 1), ("ref", 0)):
+        calls.clear()
+        with ops.use_backend(backend):
+            torch.testing.assert_close(f(x), reference.pixel_norm(x) * 2)
+        assert len(calls) == launches, backend
+
+
 class _AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the names of the aten ops run under it."""
 
@@ -651,7 +669,7 @@ def test_down_layers_pool_with_the_downsample2x_kernel(conv_backend, pool_backen
     table = {"eq_conv2d": (conv_backend,), "downsample2x": (pool_backend,)}
     monkeypatch.setattr(_backend, "_entries", lambda op, device: table.get(op, ("ref",)))
     monkeypatch.setattr(ops, "preferred_form", lambda layer, device: None)
-    x = rand(2, 5, 6, 4).requires_grad_()
+    x = rand(2, 5, 7, 4).requires_grad_()  # an odd height: the pool drops the last row, as avg_pool2d does
     w = torch.randn(7, 5, 3, 3, device=DEVICE, requires_grad=True)
     b = torch.randn(7, device=DEVICE, requires_grad=True)
     g = torch.randn(2, 7, 3, 2, device=DEVICE, requires_grad=True)

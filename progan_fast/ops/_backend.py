@@ -98,17 +98,26 @@ _graph_mode: contextvars.ContextVar[bool] = contextvars.ContextVar("progan_fast_
 
 
 # Dynamo in torch 2.11 cannot trace ContextVar.get: every op call of a compiled model broke its graph
-# there (a small Generator's forward compiled as 19 graphs). The two settings are read as trace-time
-# constants instead: a function compiled under one default backend (or graph mode) keeps the kernels
-# it was traced with, as it keeps every other trace-time choice.
-@torch.compiler.assume_constant_result
+# there (a small Generator's forward compiled as 19 graphs). Under torch.compile the two settings are
+# read from these module attributes instead, kept equal to the ContextVars by set_backend, use_backend
+# and graph_mode: Dynamo guards the attributes it reads, so code compiled under one backend is traced
+# again when it runs under another (a constant folded in without a guard would keep the first backend
+# for every later compile of the same code, in the whole process).
+_compile_view = {"default": "auto", "graph_mode": False}
+
+
+def _sync_compile_view() -> None:
+    _compile_view["default"], _compile_view["graph_mode"] = _default.get(), _graph_mode.get()
+
+
 def _default_impl() -> str:
-    return _default.get()
+    return _compile_view["default"] if torch.compiler.is_compiling() else _default.get()
 
 
-@torch.compiler.assume_constant_result
 def _in_graph_mode() -> bool:
-    return _graph_mode.get()
+    return _compile_view["graph_mode"] if torch.compiler.is_compiling() else _graph_mode.get()
+
+
 _arch_of_index: dict[int, str] = {}
 
 
@@ -147,10 +156,12 @@ def graph_mode(enabled: bool = True) -> Iterator[None]:
     then captured in a CUDA graph. Enter it around the warm-up as well as the capture, so both run the
     same backends (nothing may compile or autotune during a capture)."""
     token = _graph_mode.set(enabled)
+    _sync_compile_view()
     try:
         yield
     finally:
         _graph_mode.reset(token)
+        _sync_compile_view()
 
 
 def _arch_of(device) -> str | None:
@@ -213,8 +224,10 @@ def register(backend: str, op: str, fn: Callable) -> None:
     _registry[backend][op] = fn
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it at trace time: the import cannot be traced
 def _ensure_loaded(backend: str) -> bool:
-    """Import a backend's module once (it registers its ops); remember failures, never raise."""
+    """Import a backend's module once (it registers its ops); remember failures, never raise. The
+    answer never changes once given, so torch.compile may take it as a constant."""
     state = _load_state.get(backend)
     if state is not None:
         return state
@@ -272,6 +285,7 @@ def set_backend(impl: str) -> None:
     """Set the process-wide default backend used where an op is called with impl='auto'."""
     _check_default(impl)
     _default.set(impl)
+    _sync_compile_view()
 
 
 def get_backend() -> str:
@@ -283,10 +297,12 @@ def use_backend(impl: str) -> Iterator[None]:
     """Run the enclosed code with `impl` as the default backend."""
     _check_default(impl)
     token = _default.set(impl)
+    _sync_compile_view()
     try:
         yield
     finally:
         _default.reset(token)
+        _sync_compile_view()
 
 
 def _supports_device(backend: str, device_type: str) -> bool:

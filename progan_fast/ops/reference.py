@@ -217,8 +217,17 @@ def conv2d_resample(x, w, *, up=False, down=False, fused_scale=False, wgrad_doub
         x = upsample2x(x)
     y = conv2d(x, w, padding=pad)
     if down:
-        y = (pool or avg_pool2x2)(y)
+        y = avg_pool2x2(y) if pool is None else pool(_even_crop(y))
     return y
+
+
+def _even_crop(y):
+    """y without an odd last row / column: F.avg_pool2d(y, 2) drops them, downsample2x refuses them.
+    (A copy in y's layout, so the pool's output keeps it; the models' sizes are even: no copy there.)"""
+    h, w = y.shape[-2] // 2 * 2, y.shape[-1] // 2 * 2
+    if (h, w) == tuple(y.shape[-2:]):
+        return y
+    return y[..., :h, :w].contiguous(memory_format=memory_format(y))
 
 
 def equalized_conv2d(x, weight, gain, *, up=False, down=False, fused_scale=False, wgrad_double_backward=False,
