@@ -29,8 +29,9 @@ cuda) with the eager reference measured in the same run:
 The resampling form of G's up-convs and D's down-convs follows the same rule: where the official
 fused form (fused_scale: one 4x4 (transposed) stride-2 conv, 44 % of the FLOPs; the same function),
 run on the backend the list above picks for it, is never more than 5 % slower than nearest-up + 3x3
-/ 3x3 + avg-pool on the backend picked for that, and at least 5 % cheaper in total, "forms" says so,
-and `auto` runs those layers in the fused form.
+/ 3x3 + avg-pool on the backend picked for that, and at least 5 % cheaper in total, from some input
+size on (the smallest measured one where that holds for it and every larger one), "forms" says so,
+with that size, and `auto` runs those layers in the fused form from there on.
 
 The same rule on the CUDA-graph cases (mode fwdbwd_graph: device time without host dispatch) gives
 a second list per op, "graph_ops", which `auto` follows inside a captured training step
@@ -210,10 +211,13 @@ def _auto_backend(order: list, layer: str, numel: int | None) -> str:
 
 
 def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05, derived: dict | None = None) -> dict:
-    """{layer kind: {"form": "fused" | "unfused", "why": str}} for G's up-convs and D's down-convs:
-    at each resolution measured in both forms, the fwdbwd time of what `auto` would run for each form
-    (the backend `derived`'s eq_conv2d list picks for that kind and size; the reference without it),
-    compared by the same rule as the backends (`_judge`)."""
+    """{layer kind: {"form": "fused" | "unfused", "min_numel": N, "why": str}} for G's up-convs and D's
+    down-convs: at each resolution measured in both forms, the fwdbwd time of what `auto` would run
+    for each form (the backend `derived`'s eq_conv2d list picks for that kind and size; the reference
+    without it), judged by the backends' size-threshold rule (`_threshold`): the fused form from the
+    smallest input size at which it is never slower and at least `margin` cheaper from there on
+    (min_numel 0: at every size). The official code's default is the same kind of switch, by
+    resolution: fused_scale from 128 px on."""
     order = (derived or {}).get("eq_conv2d", {}).get("order", ["ref"])
     groups = _group_cases(results, "fwdbwd")
     forms = {}
@@ -226,18 +230,16 @@ def derive_forms(results: dict, tolerance: float = 0.05, margin: float = 0.05, d
         def run(by_backend, layer, res):  # what auto runs there (the reference where that was not measured)
             numel, ref_ms = by_backend["ref"][(layer, res)]
             return by_backend.get(_auto_backend(order, layer, numel), {}).get((layer, res), (numel, ref_ms))[1]
-        t_plain = {r: run(plain, kind, r) for r in shared}
-        t_fused = {r: run(fused, kind + "_fused", r) for r in shared}
-        failed, speedup = _judge(t_plain, t_fused, tolerance, margin)
-        if failed is None:
-            forms[kind] = {"form": "fused", "why": f"fused: {speedup:.2f}x overall, never slower "
-                                                   f"(r{', r'.join(str(r) for r in shared)}; each form on "
-                                                   f"the backend auto runs for it)"}
-        elif failed[0] == "slower":
-            forms[kind] = {"form": "unfused", "why": f"fused: {failed[1]:.2f}x the time at r{failed[2]}"}
+        # both forms keyed by resolution, sized by the layer's input (the same x for both forms)
+        t_plain = {(kind, r): (plain["ref"][(kind, r)][0], run(plain, kind, r)) for r in shared}
+        t_fused = {(kind, r): (plain["ref"][(kind, r)][0], run(fused, kind + "_fused", r)) for r in shared}
+        min_numel, note = _threshold(t_plain, t_fused, tolerance, margin)
+        note = note.replace("the reference", "the unfused form")
+        if min_numel is None:
+            forms[kind] = {"form": "unfused", "why": f"fused: {note} (each form on the backend auto runs for it)"}
         else:
-            forms[kind] = {"form": "unfused", "why": f"fused: {failed[1]:.2f}x overall "
-                                                     f"(needs {1 / (1 - margin):.2f}x)"}
+            forms[kind] = {"form": "fused", "min_numel": min_numel,
+                           "why": f"fused: {note} (each form on the backend auto runs for it)"}
     return forms
 
 
@@ -281,7 +283,8 @@ def write(results: dict, derived: dict, source: str, table_path: str = TABLE_PAT
                      for op, entry in derived.items()},
     }
     if forms:
-        doc["archs"][arch]["forms"] = {kind: f["form"] for kind, f in forms.items()}
+        doc["archs"][arch]["forms"] = {kind: f["form"] if not f.get("min_numel") else
+                                       {"form": f["form"], "min_numel": f["min_numel"]} for kind, f in forms.items()}
         doc["archs"][arch]["forms_evidence"] = {kind: f["why"] for kind, f in forms.items()}
     if derived_graph:
         doc["archs"][arch]["graph_ops"] = {op: entry["order"] for op, entry in derived_graph.items()}
@@ -321,7 +324,8 @@ def main(argv=None) -> int:
             order = " > ".join(format_choice(c) for c in entry["order"])
             print(f"  {op:22s} {order:22s}  {entry['why']}")
     for kind, f in forms.items():
-        print(f" resampling form of {kind}: {f['form']}  ({f['why']})")
+        size = f" from {f['min_numel']} input elements" if f.get("min_numel") else ""
+        print(f" resampling form of {kind}: {f['form']}{size}  ({f['why']})")
     if args.write:
         source = os.path.relpath(os.path.abspath(args.results), REPO)
         arch = write(results, derived, source.replace(os.sep, "/"), args.table, args.tolerance, args.margin,

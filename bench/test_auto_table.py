@@ -97,8 +97,9 @@ def test_the_fused_resampling_form_where_the_reference_runs_it_faster(tmp_path):
              lay("d_down", 8, 1.0), lay("d_down", 128, 4.0), lay("d_down_fused", 8, 1.2), lay("d_down_fused", 128, 2.0),
              lay("g_up_fused", 8, 0.1, backend="triton")]  # other backends do not decide the form
     forms = derive_forms(_results(cases))
-    assert forms["g_up"]["form"] == "fused" and "1.72x overall" in forms["g_up"]["why"]
-    assert forms["d_down"]["form"] == "unfused" and "1.20x the time at r8" in forms["d_down"]["why"]
+    assert forms["g_up"]["form"] == "fused" and forms["g_up"]["min_numel"] == 0
+    assert "1.72x the unfused form overall" in forms["g_up"]["why"]
+    assert forms["d_down"]["form"] == "unfused" and "1.20x the unfused form's time at d_down r8" in forms["d_down"]["why"]
     assert derive_forms(_results(cases[:2])) == {}  # no fused variant measured: no decision
     # Triton's conv layer wins the unfused g_up (auto would run it): the fused form on the reference
     # no longer beats what auto runs, so the form stays unfused
@@ -107,7 +108,27 @@ def test_the_fused_resampling_form_where_the_reference_runs_it_faster(tmp_path):
     table = tmp_path / "auto.json"
     res = _results(cases + [_case("lerp", "ref", 8, 1.0)])
     write(res, derive(res), "bench/results/x.json", str(table), forms=forms)
-    assert _backend._load_auto_tables(str(table))[2] == {"sm_90": {"g_up": "fused", "d_down": "unfused"}}
+    assert _backend._load_auto_tables(str(table))[2] == {"sm_90": {"g_up": ("fused", 0), "d_down": ("unfused", 0)}}
+
+
+def test_the_fused_form_from_the_size_where_it_wins(tmp_path):
+    """Slower on small layers, faster on large ones (D's down-conv on the H100: 1.99x the time at 8 px,
+    1.6x faster at 128 px): fused from the large layer's input size on, as the official code switches
+    to fused_scale from 128 px."""
+    from progan_fast.ops import _backend
+    from .auto_table import derive_forms
+    lay = lambda layer, res, ms, numel: _sized("eq_conv2d", "ref", res, ms, numel, layer=layer)  # noqa: E731
+    cases = [lay("d_down", 8, 1.0, 500), lay("d_down", 128, 4.0, 9000),
+             lay("d_down_fused", 8, 1.9, 500), lay("d_down_fused", 128, 2.5, 9000)]
+    forms = derive_forms(_results(cases))
+    assert forms["d_down"]["form"] == "fused" and forms["d_down"]["min_numel"] == 9000
+    assert "1.60x the unfused form at >= 9000 elements" in forms["d_down"]["why"]
+    table = tmp_path / "auto.json"
+    res = _results(cases)
+    write(res, derive(res), "bench/results/x.json", str(table), forms=forms)
+    assert json.loads(table.read_text())["archs"]["sm_90"]["forms"] == {"d_down": {"form": "fused", "min_numel": 9000}}
+    forms_rt = _backend._load_auto_tables(str(table))[2]
+    assert forms_rt == {"sm_90": {"d_down": ("fused", 9000)}}
 
 
 def test_graph_cases_give_the_graph_lists(tmp_path):

@@ -177,7 +177,11 @@ def test_auto_table_is_well_formed():
                 assert item in _backend.BACKENDS, (arch, op, order)
     for arch, entry in doc["archs"].items():
         assert set(entry.get("forms", {})) <= {"g_up", "d_down"}, arch
-        assert set(entry.get("forms", {}).values()) <= {"fused", "unfused"}, arch
+        for form in entry.get("forms", {}).values():  # "fused" / "unfused", or fused from a size on
+            if isinstance(form, dict):
+                assert set(form) == {"form", "min_numel"} and form["min_numel"] > 0, (arch, form)
+                form = form["form"]
+            assert form in ("fused", "unfused"), (arch, form)
     for key, table in (("ops", _backend.AUTO_TABLE), ("graph_ops", _backend.AUTO_TABLE_GRAPH)):
         assert table == {a: {o: tuple(_backend._entry(i) for i in v) for o, v in e.get(key, {}).items()}
                          for a, e in doc["archs"].items()}
@@ -277,21 +281,26 @@ def test_auto_runs_the_fused_form_where_the_table_prefers_it(monkeypatch):
     """forms: {"g_up": "fused"} makes auto run an up-conv in the official 4x4 transposed form (the
     same function); explicit backends and the other layer kinds are left alone."""
     from progan_fast.ops import _backend
-    monkeypatch.setattr(_backend, "AUTO_FORMS", {"sm_90": {"g_up": "fused", "d_down": "unfused"}})
+    monkeypatch.setattr(_backend, "AUTO_FORMS", {"sm_90": {"g_up": ("fused", 0), "d_down": ("unfused", 0),
+                                                           "g_conv": ("fused", 1000)}})
     monkeypatch.setattr(_backend, "_arch_of_index", {0: "sm_90"})
     gpu = torch.device("cuda", 0)
     assert _backend.preferred_form("g_up", gpu) == "fused" and _backend.preferred_form("d_down", gpu) == "unfused"
     assert _backend.preferred_form("g_up", "cpu") is None and _backend.preferred_form(None, gpu) is None
+    # a size threshold: fused from 1000 input elements on
+    assert [_backend.preferred_form("g_conv", gpu, n) for n in (999, 1000, None)] == ["unfused", "fused", "fused"]
     seen = []
     real = _backend._registry["ref"]["eq_conv2d"]
     monkeypatch.setitem(_backend._registry["ref"], "eq_conv2d", lambda *a, **k: seen.append(k["fused_scale"]) or real(*a, **k))
-    monkeypatch.setattr(ops, "preferred_form", lambda layer, device: {"g_up": "fused"}.get(layer))  # CPU stands in
+    monkeypatch.setattr(ops, "preferred_form",  # CPU stands in; the up layer's x has 160 elements
+                        lambda layer, device, numel: {"g_up": "fused"}.get(layer) if numel >= 100 else None)
     x, w, b = torch.randn(2, 5, 4, 4), torch.randn(7, 5, 3, 3), torch.randn(7)
     y = ops.eq_conv2d(x, w, b, up=True, pixel_norm=True)
     torch.testing.assert_close(y, ops.reference.eq_conv2d(x, w, b, up=True, pixel_norm=True), rtol=1e-5, atol=1e-5)
     ops.eq_conv2d(x, w, b, up=True, pixel_norm=True, impl="ref")
     ops.eq_conv2d(torch.randn(2, 5, 8, 8), w, b, down=True)
-    assert seen == [True, False, False]
+    ops.eq_conv2d(torch.randn(1, 5, 4, 4), w, b, up=True, pixel_norm=True)  # 80 elements: below the threshold
+    assert seen == [True, False, False, False]
 
 
 def test_an_unreadable_table_warns_once(tmp_path):

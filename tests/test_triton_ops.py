@@ -608,7 +608,7 @@ def test_auto_reference_conv_takes_the_preferred_epilogue(pixel_norm, min_numel,
         min_numel = 0
     table = {epilogue: (_backend.Choice("triton", min_numel), "ref"), "eq_conv2d": conv}
     monkeypatch.setattr(_backend, "_entries", lambda op, device: table.get(op, ("ref",)))
-    monkeypatch.setattr(ops, "preferred_form", lambda layer, device: None)  # whatever the table's forms
+    monkeypatch.setattr(ops, "preferred_form", lambda layer, device, numel=None: None)  # whatever the table's forms
     calls = []
     fused = _backend._registry["triton"][epilogue]
     monkeypatch.setitem(_backend._registry["triton"], epilogue, lambda *a, **k: calls.append(1) or fused(*a, **k))
@@ -668,7 +668,7 @@ def test_down_layers_pool_with_the_downsample2x_kernel(conv_backend, pool_backen
     from progan_fast.ops import _backend
     table = {"eq_conv2d": (conv_backend,), "downsample2x": (pool_backend,)}
     monkeypatch.setattr(_backend, "_entries", lambda op, device: table.get(op, ("ref",)))
-    monkeypatch.setattr(ops, "preferred_form", lambda layer, device: None)
+    monkeypatch.setattr(ops, "preferred_form", lambda layer, device, numel=None: None)
     x = rand(2, 5, 7, 4).requires_grad_()  # an odd height: the pool drops the last row, as avg_pool2d does
     w = torch.randn(7, 5, 3, 3, device=DEVICE, requires_grad=True)
     b = torch.randn(7, device=DEVICE, requires_grad=True)

@@ -187,7 +187,7 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
               down=bool(down), fused_scale=bool(fused_scale), eps=float(eps))
     auto = impl == "auto" and get_backend() == "auto"
     layer = conv_layer_kind(weight.shape[2], kw["up"], kw["down"], kw["pixel_norm"], act, kw["fused_scale"])
-    if auto and not kw["fused_scale"] and preferred_form(layer, x.device) == "fused":
+    if auto and not kw["fused_scale"] and preferred_form(layer, x.device, x.numel()) == "fused":
         # the official 4x4 strided form of the same up/down layer measured faster here (bench.auto_table)
         kw["fused_scale"] = True
         layer = conv_layer_kind(weight.shape[2], kw["up"], kw["down"], kw["pixel_norm"], act, True)

@@ -75,9 +75,17 @@ def _entry(item):
     raise ValueError(f"bad preference entry {item!r}")
 
 
+def _form(item) -> tuple[str, int]:
+    """A "forms" entry as (form, min_numel): "fused" / "unfused", or {"form", "min_numel"}."""
+    if isinstance(item, dict):
+        return str(item["form"]), int(item.get("min_numel", 0))
+    return str(item), 0
+
+
 def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
     """({arch: {op: preference list}} for eager calls ("ops"), the same for calls inside CUDA graphs
-    ("graph_ops"), {arch: {layer kind: "fused" | "unfused"}} ("forms")) from auto_backends.json;
+    ("graph_ops"), {arch: {layer kind: (form, min_numel)}} ("forms": "fused" | "unfused", or
+    {"form": "fused", "min_numel": N}, fused from N input elements on) from auto_backends.json;
     all empty (reference everywhere, unfused) if unreadable."""
     try:
         with open(path) as f:
@@ -85,7 +93,7 @@ def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
         archs = doc.get("archs", {})
         eager, graph = ({arch: {op: tuple(_entry(e) for e in order) for op, order in entry.get(key, {}).items()}
                          for arch, entry in archs.items()} for key in ("ops", "graph_ops"))
-        forms = {arch: {str(k): str(v) for k, v in entry.get("forms", {}).items()} for arch, entry in archs.items()}
+        forms = {arch: {str(k): _form(v) for k, v in entry.get("forms", {}).items()} for arch, entry in archs.items()}
         return eager, graph, forms
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         warnings.warn(f"progan_fast: cannot read {path} ({exc}); impl='auto' runs the reference on CUDA",
@@ -171,11 +179,19 @@ def _arch_of(device) -> str | None:
     return cuda_arch(getattr(device, "index", None))
 
 
-def preferred_form(layer: str | None, device) -> str | None:
+def preferred_form(layer: str | None, device, numel: int | None = None) -> str | None:
     """"fused" where the table measured the fused_scale form of this up/down layer kind faster (the
-    same function with 44 % of the FLOPs: `auto` may run it instead), else None."""
+    same function with 44 % of the FLOPs: `auto` may run it instead), from its size threshold on
+    (`numel`: the layer input's elements; None counts as large); "unfused" where it measured the
+    fused form slower; None where it has no entry."""
     arch = _arch_of(device) if layer is not None else None
-    return None if arch is None else AUTO_FORMS.get(arch, {}).get(layer)
+    entry = None if arch is None else AUTO_FORMS.get(arch, {}).get(layer)
+    if entry is None:
+        return None
+    form, min_numel = entry
+    if form == "fused" and numel is not None and numel < min_numel:
+        return "unfused"
+    return form
 
 
 def _entries(op: str, device) -> tuple:
