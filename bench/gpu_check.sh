@@ -5,10 +5,10 @@
 #
 # Stages, in the order a run cut short should keep them: versions -> pip install -e . (CUDA
 # extension) -> the GPU-only tests (pytest -m gpu, without compile/autotune) -> kernel tests on the
-# GPU (test_cuda_ext, test_triton_ops, test_triton_conv) -> bench unit tests ->
-# bench ops / host cost per call / layers (quick mode, one pytest-benchmark JSON each) -> the
-# impl='auto' table they imply -> bench data + train step under that table -> trainer smoke run
-# with --cuda-graph -> step profile -> the compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
+# GPU (test_cuda_ext, test_triton_ops, test_triton_conv) -> bench unit tests -> bench ops -> bench
+# data + train step (impl='auto' on the committed table) -> layers -> host cost per call (quick mode,
+# one pytest-benchmark JSON each) -> trainer smoke run with --cuda-graph -> step profile -> the
+# compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
 # (results.json, results.md, compare against bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 500 s:
 # the first H100 run, 2026-11-26, needed 470 s and still cut four stages short); a stage that runs out
@@ -18,12 +18,12 @@
 #
 # $OUT receives 8 files (the device tool returns at most 8): check.log (every stage's full output),
 # bench_ops.json, bench_host.json, bench_layers.json, bench_step.json (pytest-benchmark),
-# profile_step.md (bench/profile_step.py), results.json, results.md. Scratch files (the impl='auto'
-# table the op and layer cases imply, under which the step stages and the profile run; the profile's
-# JSON) go to $SCRATCH (default /tmp/progan_gpu_check): re-derive the table from results.json.
+# profile_step.md (bench/profile_step.py), results.json, results.md. Scratch (the profile's JSON) goes
+# to $SCRATCH (default /tmp/progan_gpu_check_scratch). The report prints the impl='auto' table the
+# run implies; derive it again from the saved results file to commit it.
 # Knobs: PYTHON (default python3), CHECK_BUDGET_S, CHECK_STAGES (comma-separated stage names: run only
 # those, e.g. a follow-up of what a cut run skipped; versions, install and backends are stages too),
-# BENCH_OPS_K / BENCH_LAYERS_K / BENCH_STEP_K (a pytest -k expression for that bench stage), PROGAN_GIT_COMMIT (recorded where .git is absent), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
+# BENCH_OPS_K / BENCH_LAYERS_K / BENCH_STEP_K (a pytest -k expression for that bench stage), PROGAN_GIT_COMMIT (recorded instead of git's HEAD: pass it where the checkout's .git lags its files), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=30
 # T_BENCH_LAYERS=60 T_BENCH_STEP=140 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_CUDA_TESTS=40 T_TRITON_TESTS=60
@@ -175,40 +175,26 @@ BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterati
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py bench/test_auto_table.py -q -p no:cacheprovider
 stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" -k "${BENCH_OPS_K:-}" \
   --benchmark-json="$OUT/bench_ops.json"
-# host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
-stage bench_host "${T_BENCH_HOST:-30}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 # Triton's conv kernels take their heuristic tiles in every bench stage from here on: autotuning each
 # implicit-GEMM layer shape compiles ~10 configs (about a minute per resolution on Triton 3.6, whose
 # autotuner keeps no results across processes). Tuned tiles can only be faster than these numbers.
 export PROGAN_FAST_TRITON_AUTOTUNE=0
+# The training step (the README table) before the layer and host-cost cases, which a short budget cuts
+# first; impl='auto' runs the committed table, what a user runs (the report at the end prints the
+# table this run implies: commit it with python -m bench.auto_table bench/results/<saved>.json --write)
+stage bench_step "${T_BENCH_STEP:-140}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs \
+  -k "${BENCH_STEP_K:-}" --benchmark-json="$OUT/bench_step.json"
 # conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
 stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" -k "${BENCH_LAYERS_K:-}" \
   --benchmark-json="$OUT/bench_layers.json"
-# impl='auto' for the rest of the run: the table this run's op and layer cases imply (committed table
-# copied, this GPU's architecture replaced: $SCRATCH/auto_backends.json), so the step variants below
-# measure the table these numbers imply (to commit it, re-derive it from the saved results file:
-# python -m bench.auto_table bench/results/<saved>.json --write, which records that file as the source)
-if [[ $HAS_GPU == 1 && -s $OUT/bench_ops.json ]]; then
-  cp progan_fast/ops/auto_backends.json "$SCRATCH/auto_backends.json"
-  derived_inputs=("$OUT/bench_ops.json"); [[ -s $OUT/bench_layers.json ]] && derived_inputs+=("$OUT/bench_layers.json")
-  TAIL_LINES=14 stage auto_table 30 bash -c '"$0" -m bench.report convert "${@:2}" --out /tmp/progan_ops_layers.json \
-      --md /dev/null && "$0" -m bench.auto_table /tmp/progan_ops_layers.json --write --table "$1"' \
-    "$PY" "$SCRATCH/auto_backends.json" "${derived_inputs[@]}"
-  if [[ ${STATUS[-1]} == "auto_table: ok" ]]; then
-    export PROGAN_FAST_AUTO_TABLE="$SCRATCH/auto_backends.json"
-    say "impl='auto' follows $PROGAN_FAST_AUTO_TABLE from here on"
-  else
-    rm -f "$SCRATCH/auto_backends.json"
-  fi
-fi
-stage bench_step "${T_BENCH_STEP:-140}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs \
-  -k "${BENCH_STEP_K:-}" --benchmark-json="$OUT/bench_step.json"
+# host cost per op call (tiny tensors: the launch path, not the kernel) - twin vs registered op vs cuda
+stage bench_host "${T_BENCH_HOST:-30}" "$PY" -m pytest bench/test_bench_host.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_host.json"
 
 # ---------------------------------------------------------------------------------- extras
 # In order of what a run cut short should keep: the end-to-end --cuda-graph trainer run (the only
 # check of the trainer's graphed path through fades), the step profile, then the rest.
 if [[ $HAS_GPU == 1 ]]; then
-  # a short trainer run with the whole iteration captured in CUDA graphs (<= 32 px), through fades
+  # a short trainer run with the whole iteration captured in CUDA graphs, through fades
   TAIL_LINES=12 stage train_smoke_graph "${T_TRAIN_SMOKE_GRAPH:-40}" bash -c "rm -rf /tmp/progan_smoke_g && \
     $PY -m progan_fast.train --amp --cuda-graph --stable-kimg 1 --fade-kimg 1 --total-kimg 3.5 --tick-kimg 0.5 \
       --no-progress --run-dir /tmp/progan_smoke_g && cat /tmp/progan_smoke_g/log.jsonl | cut -c1-260"
