@@ -52,7 +52,7 @@ from collections import defaultdict
 
 from progan_fast.ops import _backend
 
-from .report import load_results
+from .report import LAYER_ALIASES, load_results
 
 RUNTIME_BACKENDS = ("cuda", "triton", "igemm")  # igemm: layer cases only (eq_conv2d)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,8 +67,6 @@ def _arch(env: dict) -> str:
     return f"sm_{major}{minor}"
 
 
-# bench layer names whose calls the runtime classifies as another kind (ops._backend.conv_layer_kind)
-LAYER_ALIASES = {"d_mbstd_conv": "d_conv"}
 
 
 def _numel(case: dict) -> int | None:

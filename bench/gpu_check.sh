@@ -34,6 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 OUT=${OUT:-/tmp/progan_gpu_check}
 SCRATCH=${SCRATCH:-/tmp/progan_gpu_check_scratch}
 mkdir -p "$OUT" "$SCRATCH"
+rm -f "$OUT"/bench_*.json "$OUT"/results.json "$OUT"/results.md "$OUT"/profile_step.md  # a rerun never reports old files
 PY=${PYTHON:-python3}
 LOG="$OUT/check.log"
 T0=$(date +%s)
@@ -204,7 +205,7 @@ if [[ $HAS_GPU == 1 ]]; then
     "$PY" -m bench.profile_step --res 64 4 --variant eager_fp32 eager_amp fast fast_graph --steps 3 --rows 12 \
     --out-md "$OUT/profile_step.md" --out-json "$SCRATCH/profile_step.json"
   # the GPU tests left out above: torch.compile(fullgraph) of the ops and the conv, autotuned conv shapes
-  stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE -u PROGAN_FAST_AUTO_TABLE \
+  stage gpu_tests_slow "${T_GPU_TESTS_SLOW:-60}" env -u PROGAN_FAST_TRITON_AUTOTUNE \
     "$PY" -m pytest tests -q -rfE -m gpu -k "compile or autotuned" -p no:cacheprovider
   # the eager trainer run (the graphed one above, without --cuda-graph)
   TAIL_LINES=12 stage train_smoke "${T_TRAIN_SMOKE:-40}" bash -c "rm -rf /tmp/progan_smoke && \

@@ -110,7 +110,8 @@ def markdown(res: dict) -> str:
     env, ceil = res.get("env", {}), res.get("ceilings") or {}
     lines = [f"## progan_fast bench: {env.get('device', '?')}", "",
              f"torch {env.get('torch')} · CUDA {env.get('cuda')} · triton {env.get('triton')} · "
-             f"commit {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty') else ''} · "
+             f"commit {commits(env) if env.get('merged_from') else str(env.get('git_commit'))[:10]}"
+             f"{' (dirty)' if env.get('git_dirty') else ''} · "
              f"{env.get('date')}", ""]
     if ceil:
         lines += [f"Ceilings (measured in this run): copy {ceil.get('copy_gbps', 0):.1f} GB/s (read+write), "
@@ -137,11 +138,27 @@ def saved_name(res: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ merge
 
+# bench layer names whose calls the runtime classifies as another kind (ops._backend.conv_layer_kind)
+LAYER_ALIASES = {"d_mbstd_conv": "d_conv"}
+
+
 def _merge_group(case: dict) -> str:
     """What a re-measurement replaces as a whole, the first two parts of the case id: an op
-    (`op/pixel_norm`; host-cost cases apart, `host/pixel_norm`), a conv layer kind (`layer/d_down`),
-    a step resolution (`step/r64`), a loader resolution (`data/r64`)."""
-    return "/".join(str(case.get("id")).split("/")[:2])
+    (`op/pixel_norm`; host-cost cases apart, `host/pixel_norm`), a conv layer kind with its fused
+    form and aliases (`layer/d_down` holds `layer/d_down_fused`: bench.auto_table compares the two
+    forms), a step resolution (`step/r64`), a loader resolution (`data/r64`)."""
+    kind, name = (str(case.get("id")).split("/") + [""])[:2]
+    if kind == "layer":
+        name = name[:-len("_fused")] if name.endswith("_fused") else name
+        name = LAYER_ALIASES.get(name, name)
+    return f"{kind}/{name}"
+
+
+def _ids_by_group(cases) -> dict:
+    out: dict = {}
+    for c in cases:
+        out.setdefault(_merge_group(c), set()).add(c.get("id"))
+    return out
 
 
 def merge(base: dict, newer: list[tuple[str, dict]]) -> dict:
@@ -150,24 +167,35 @@ def merge(base: dict, newer: list[tuple[str, dict]]) -> dict:
     device_class = base.get("env", {}).get("device_class")
     cases = list(base.get("cases", []))
     env = dict(base.get("env", {}))
+    env.setdefault("base_date", env.get("date"))
+    env.setdefault("base_git_commit", env.get("git_commit"))
     env["merged_from"] = list(env.get("merged_from", []))
     for path, doc in newer:
         other = doc.get("env", {}).get("device_class")
         if other != device_class:
             raise ValueError(f"merge: {path} is from device class {other!r}, the base from {device_class!r}")
-        groups = {_merge_group(c) for c in doc.get("cases", [])}
-        cases = [c for c in cases if _merge_group(c) not in groups] + list(doc.get("cases", []))
+        old, new = _ids_by_group(cases), _ids_by_group(doc.get("cases", []))
+        # groups the follow-up measured on fewer backends / sizes / modes: the other cases are lost
+        narrower = sorted(group for group in new if old.get(group, set()) - new[group])
+        cases = [c for c in cases if _merge_group(c) not in new] + list(doc.get("cases", []))
         env["merged_from"].append({"file": os.path.basename(path), "git_commit": doc.get("env", {}).get("git_commit"),
-                                   "date": doc.get("env", {}).get("date"), "replaced": sorted(groups)})
+                                   "date": doc.get("env", {}).get("date"), "replaced": sorted(new),
+                                   "narrower": narrower})
+        # the newest run dates the document (latest_baseline, the table's provenance); the base's stay
+        env["date"], env["git_commit"] = doc.get("env", {}).get("date"), doc.get("env", {}).get("git_commit")
     return {**base, "env": env, "cases": cases}
 
 
 def merged_name(res: dict) -> str:
-    env = res.get("env", {})
-    last = (env.get("merged_from") or [{}])[-1]
-    stem = saved_name({"env": {**env, "date": last.get("date") or env.get("date"),
-                               "git_commit": last.get("git_commit") or env.get("git_commit")}})
-    return stem[:-len(".json")] + "_merged.json"
+    return saved_name(res)[:-len(".json")] + "_merged.json"
+
+
+def commits(env: dict) -> str:
+    """'abc12345', or 'base 12345678 + abc12345' for a merged document."""
+    if not env.get("merged_from"):
+        return str(env.get("git_commit"))[:8]
+    return " + ".join([f"base {str(env.get('base_git_commit'))[:8]}"] +
+                      [str(m.get("git_commit"))[:8] for m in env["merged_from"]])
 
 
 # ------------------------------------------------------------------------------------------ speed table
@@ -189,7 +217,7 @@ def speed_table(res: dict) -> str:
     columns = [(v, title) for v, title in STEP_COLUMNS if any(v in row for row in steps.values())]
     env = res.get("env", {})
     lines = [f"{env.get('device', '?')}, torch {env.get('torch')}, Triton {env.get('triton')}, "
-             f"{str(env.get('date'))[:10]}, commit {str(env.get('git_commit'))[:8]}; img/s (x eager fp32):", "",
+             f"{str(env.get('date'))[:10]}, commit {commits(env)}; img/s (x eager fp32):", "",
              "| resolution (batch) | " + " | ".join(title for _, title in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for (r, batch), row in sorted(steps.items()):
@@ -300,6 +328,10 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2
+        for m in res["env"]["merged_from"]:
+            for group in m["narrower"]:
+                print(f"merge: warning: {m['file']} measured {group} on fewer backends, sizes or modes than "
+                      "the file it replaces there: those cases are gone from the merged file", file=sys.stderr)
         text = json.dumps(res, indent=1, sort_keys=False)
         targets = ([args.out] if args.out else []) + ([os.path.join(RESULTS_DIR, merged_name(res))] if args.save else [])
         for path in targets:

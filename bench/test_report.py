@@ -143,11 +143,15 @@ def test_merge_replaces_whole_groups_and_refuses_other_devices(tmp_path):
     # comparison between backends mixes the two runs; the other ops stay; step r8 is the follow-up's
     assert ids == {"op/pixel_norm/r8/fwd/ref": 0.11, "op/pixel_norm/r8/fwd/cuda": 0.02, "op/lerp/r8/fwd/ref": 0.05,
                    "step/r8/fast": 4.0}
-    assert merged["env"]["git_commit"] == "abc123"
+    # the newest run dates the document; the base's date and commit are kept beside it
+    assert merged["env"]["git_commit"] == "def456" and merged["env"]["base_git_commit"] == "abc123"
     assert merged["env"]["merged_from"] == [{"file": "follow.json", "git_commit": "def456",
                                              "date": "2026-11-27T00:00:00+00:00",
-                                             "replaced": ["op/pixel_norm", "step/r8"]}]
+                                             "replaced": ["op/pixel_norm", "step/r8"],
+                                             "narrower": ["op/pixel_norm", "step/r8"]}]  # r128 / eager_fp32 lost
     assert report.merged_name(merged) == "20261127T000000_nvidia-h100_def456_merged.json"
+    assert report.commits(merged["env"]) == "base abc123 + def456"
+    assert "commit base abc123 + def456" in report.markdown(merged)
     other = report.convert([_raw(BASE, device_class="nvidia-h200")])
     with pytest.raises(ValueError, match="device class"):
         report.merge(base, [("h200.json", other)])
@@ -157,3 +161,14 @@ def test_merge_replaces_whole_groups_and_refuses_other_devices(tmp_path):
     out = tmp_path / "merged.json"
     assert report.main(["merge", str(tmp_path / "base.json"), str(tmp_path / "follow.json"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["env"]["merged_from"][0]["replaced"] == ["op/pixel_norm", "step/r8"]
+
+
+def test_merge_keeps_both_resampling_forms_of_a_layer_from_one_run():
+    """bench.auto_table compares layer/d_down with layer/d_down_fused: a follow-up that re-measured
+    one of them replaces both, or the form decision would compare two runs."""
+    lay = lambda name, ms: (f"layer/{name}/r128/fwdbwd/ref", ms, {"kind": "layer", "op": "eq_conv2d"})  # noqa: E731
+    base = report.convert([_raw([lay("d_down", 4e-3), lay("d_down_fused", 2e-3), lay("g_up", 1e-3),
+                                 lay("d_mbstd_conv", 1e-3)])])
+    follow = report.convert([_raw([lay("d_down", 6e-3), lay("d_conv", 1e-3)], commit="def456")])
+    ids = {c["id"] for c in report.merge(base, [("f.json", follow)])["cases"]}
+    assert ids == {"layer/d_down/r128/fwdbwd/ref", "layer/g_up/r128/fwdbwd/ref", "layer/d_conv/r128/fwdbwd/ref"}

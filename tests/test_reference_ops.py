@@ -306,10 +306,11 @@ def test_auto_runs_the_fused_form_where_the_table_prefers_it(monkeypatch):
 def test_an_unreadable_table_warns_once(tmp_path):
     from progan_fast.ops import _backend
     bad = tmp_path / "auto.json"
-    bad.write_text("[1, 2]")
-    with pytest.warns(RuntimeWarning) as record:
-        assert _backend._load_auto_tables(str(bad)) == ({}, {}, {})
-    assert len(record) == 1
+    for text in ("[1, 2]", '{"archs": {"sm_90": {"forms": {"d_down": {"min_numel": 5}}}}}'):  # a form without its form
+        bad.write_text(text)
+        with pytest.warns(RuntimeWarning) as record:
+            assert _backend._load_auto_tables(str(bad)) == ({}, {}, {})
+        assert len(record) == 1
 
 
 @pytest.mark.parametrize("k, up, down, pn, act, fused, kind", [

@@ -41,7 +41,7 @@ _default: contextvars.ContextVar[str] = contextvars.ContextVar("progan_fast_back
 # What `auto` runs on CUDA tensors: a preference order per GPU architecture and op, derived from
 # bench results by `python -m bench.auto_table RESULTS.json --write` (the rule and the source file
 # of every entry are recorded in auto_backends.json). Architectures or ops not listed run AUTO_DEFAULT_CUDA.
-# PROGAN_FAST_AUTO_TABLE=path reads another table (bench/gpu_check.sh: one derived earlier in the same run).
+# PROGAN_FAST_AUTO_TABLE=path reads another table (e.g. one just derived, before committing it).
 AUTO_DEFAULT_CUDA: tuple[str, ...] = ("ref",)
 AUTO_TABLE_PATH = os.environ.get("PROGAN_FAST_AUTO_TABLE") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
@@ -77,9 +77,10 @@ def _entry(item):
 
 def _form(item) -> tuple[str, int]:
     """A "forms" entry as (form, min_numel): "fused" / "unfused", or {"form", "min_numel"}."""
-    if isinstance(item, dict):
-        return str(item["form"]), int(item.get("min_numel", 0))
-    return str(item), 0
+    form, min_numel = (item.get("form"), item.get("min_numel", 0)) if isinstance(item, dict) else (item, 0)
+    if form not in ("fused", "unfused"):
+        raise ValueError(f"bad resampling form entry {item!r}")
+    return form, int(min_numel)
 
 
 def _load_auto_tables(path: str = AUTO_TABLE_PATH) -> tuple[dict, dict, dict]:
