@@ -5,9 +5,9 @@
 #
 # Stages, in the order a run cut short should keep them: versions -> pip install -e . (CUDA
 # extension) -> the GPU-only tests (pytest -m gpu, without compile/autotune) -> kernel tests on the
-# GPU (test_cuda_ext, test_triton_ops, test_triton_conv) -> bench unit tests -> bench ops -> bench
-# data + train step (impl='auto' on the committed table) -> layers -> host cost per call (quick mode,
-# one pytest-benchmark JSON each) -> trainer smoke run with --cuda-graph -> step profile -> the
+# GPU (test_cuda_ext, test_triton_ops, test_triton_conv) -> bench unit tests -> bench data + train
+# step (impl='auto' on the committed table) -> ops -> layers -> host cost per call (quick mode, one
+# pytest-benchmark JSON each) -> trainer smoke run with --cuda-graph -> step profile -> the
 # compile/autotune GPU tests -> eager trainer smoke run -> bench/report.py
 # (results.json, results.md, compare against bench/results/, the README speed table) -> the
 # table, last. Each stage has its own timeout, capped by what is left of CHECK_BUDGET_S (default 500 s:
@@ -26,7 +26,7 @@
 # BENCH_OPS_K / BENCH_LAYERS_K / BENCH_STEP_K (a pytest -k expression for that bench stage), PROGAN_GIT_COMMIT (recorded instead of git's HEAD: pass it where the checkout's .git lags its files), PROGAN_CHECK_SKIP_INSTALL=1, PROGAN_BENCH_* (see
 # bench/conftest.py), CUDA_HOME (default /usr/local/cuda), MAX_JOBS (default: all cores), per-stage
 # timeouts T_INSTALL=130 T_GPU_TESTS=60 T_BENCH_UNIT=20 T_BENCH_OPS=85 T_BENCH_HOST=30
-# T_BENCH_LAYERS=60 T_BENCH_STEP=140 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_CUDA_TESTS=40 T_TRITON_TESTS=60
+# T_BENCH_LAYERS=60 T_BENCH_STEP=140 T_TRAIN_SMOKE_GRAPH=40 T_PROFILE_STEP=45 T_CUDA_TESTS=40 T_TRITON_TESTS=100
 # T_TRITON_CONV_TESTS=40 T_GPU_TESTS_SLOW=60 T_TRAIN_SMOKE=40 (seconds; capped by the budget left).
 set -u -o pipefail
 
@@ -162,7 +162,7 @@ if [[ $HAS_GPU == 1 ]]; then
   # before any benchmark: three runs in a row cut test_triton_ops when it came after the benches
   stage cuda_tests "${T_CUDA_TESTS:-40}" "$PY" -m pytest tests/test_cuda_ext.py -q \
     -p no:cacheprovider -k "not compile"
-  stage triton_tests "${T_TRITON_TESTS:-60}" "$PY" -m pytest tests/test_triton_ops.py -q \
+  stage triton_tests "${T_TRITON_TESTS:-100}" "$PY" -m pytest tests/test_triton_ops.py -q \
     -p no:cacheprovider -k "not compile"
   stage triton_conv_tests "${T_TRITON_CONV_TESTS:-40}" "$PY" -m pytest \
     tests/test_triton_conv.py -q -p no:cacheprovider -k "not compile and not autotuned"
@@ -174,17 +174,18 @@ fi
 export PROGAN_BENCH_QUICK=${PROGAN_BENCH_QUICK:-1}
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-columns=median,iqr,rounds,iterations --benchmark-sort=name)
 stage bench_unit "${T_BENCH_UNIT:-20}" "$PY" -m pytest bench/test_report.py bench/test_flops.py bench/test_auto_table.py -q -p no:cacheprovider
-stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" -k "${BENCH_OPS_K:-}" \
-  --benchmark-json="$OUT/bench_ops.json"
 # Triton's conv kernels take their heuristic tiles in every bench stage from here on: autotuning each
 # implicit-GEMM layer shape compiles ~10 configs (about a minute per resolution on Triton 3.6, whose
 # autotuner keeps no results across processes). Tuned tiles can only be faster than these numbers.
 export PROGAN_FAST_TRITON_AUTOTUNE=0
-# The training step (the README table) before the layer and host-cost cases, which a short budget cuts
-# first; impl='auto' runs the committed table, what a user runs (the report at the end prints the
-# table this run implies: commit it with python -m bench.auto_table bench/results/<saved>.json --write)
+# The training step (the README table) first, then the op, layer and host-cost cases, which a short
+# budget cuts first (a follow-up with CHECK_STAGES runs them); impl='auto' runs the committed table,
+# what a user runs (the report at the end prints the table this run implies: commit it with
+# python -m bench.auto_table bench/results/<saved>.json --write)
 stage bench_step "${T_BENCH_STEP:-140}" "$PY" -m pytest bench/test_bench_data.py bench/test_bench_train_step.py "${BENCH_ARGS[@]}" -rs \
   -k "${BENCH_STEP_K:-}" --benchmark-json="$OUT/bench_step.json"
+stage bench_ops "${T_BENCH_OPS:-85}" "$PY" -m pytest bench/test_bench_ops.py "${BENCH_ARGS[@]}" -k "${BENCH_OPS_K:-}" \
+  --benchmark-json="$OUT/bench_ops.json"
 # conv layers: ref (cuDNN + eager epilogue), triton (cuDNN + fused Triton epilogue), igemm (implicit GEMM)
 stage bench_layers "${T_BENCH_LAYERS:-60}" "$PY" -m pytest bench/test_bench_layers.py "${BENCH_ARGS[@]}" -k "${BENCH_LAYERS_K:-}" \
   --benchmark-json="$OUT/bench_layers.json"
