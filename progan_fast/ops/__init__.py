@@ -198,10 +198,14 @@ def eq_conv2d(x, weight, bias=None, *, gain=math.sqrt(2), act="lrelu", slope=0.2
     if (backend == "ref" and auto
             and not has_layer_entries(op, x.device, layer) and auto_prefers_other_than_ref(epilogue, x.device)):
         return _conv_then_auto_epilogue(x, weight, bias, **kw)
-    if backend == "ref" and auto:  # the reference layer, with the conv's cheaper double backward on CUDA
-        kw["wgrad_double_backward"] = _wgrad_double_backward(x)
-        kw["pool"] = _auto_pool
+    if backend == "ref" and auto:
+        kw.update(_auto_conv_options(x))
     return implementation(backend, op)(x, weight, bias, **kw)
+
+
+def _auto_conv_options(x) -> dict:
+    """How `auto` runs the reference's conv and pool (reference.conv2d_resample's options)."""
+    return dict(wgrad_double_backward=_wgrad_double_backward(x), pool=_auto_pool)
 
 
 def _auto_pool(y):
@@ -223,8 +227,7 @@ def _conv_then_auto_epilogue(x, weight, bias, *, gain, act, slope, pixel_norm, u
     """The reference conv (cuDNN) followed by the epilogue op under `auto`: where the table prefers
     a fused epilogue kernel at this size, a layer the conv kernel does not win still gets it.
     (The bias was checked by eq_conv2d: the epilogue is resolved directly, without its wrapper.)"""
-    y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale,
-                                   wgrad_double_backward=_wgrad_double_backward(x), pool=_auto_pool)
+    y = reference.equalized_conv2d(x, weight, gain, up=up, down=down, fused_scale=fused_scale, **_auto_conv_options(x))
     if pixel_norm:
         return resolve("bias_act_pixel_norm", "auto", y.device, y.numel())(y, bias, act=act, slope=slope, gain=1.0,
                                                                            eps=eps)
