@@ -416,8 +416,23 @@ PF_HD void pn_write(const PnArgs<T>& a, const PnGeom& g, const T* xp, const T* g
   store_n<T, VEC>(yp + c * g.s[2][1], out);
 }
 
-// One thread per row, over C twice (sums, then outputs; the second read hits L1/L2). Used where the
-// rows are adjacent in memory (NCHW: a warp's loads are adjacent pixels of one channel).
+// Lane `lane` of `lanes` sharing a row takes the VEC-wide chunks lane, lane + lanes, ... of its C
+// channels: its part of the sums, then its part of the output.
+template <typename T, int VEC, bool BWD>
+PF_HD void pn_lane_sums(const PnArgs<T>& a, const PnGeom& g, const T* xp, const T* gp, int lane, int lanes,
+                        acc_t<T>& szz, acc_t<T>& sgz) {
+  for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_sums<T, VEC, BWD>(a, g, xp, gp, c, szz, sgz);
+}
+
+template <typename T, int VEC, bool BWD>
+PF_HD void pn_lane_write(const PnArgs<T>& a, const PnGeom& g, const T* xp, const T* gp, T* yp, int lane, int lanes,
+                         acc_t<T> r, acc_t<T> kk) {
+  for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_write<T, VEC, BWD>(a, g, xp, gp, yp, c, r, kk);
+}
+
+// One thread per row (the only lane of it), over C twice (sums, then outputs; the second read hits
+// L1/L2). Used where the rows are adjacent in memory (NCHW: a warp's loads are adjacent pixels of
+// one channel).
 template <typename T, int VEC, bool BWD>
 PF_KERNEL void pn_kernel(PnArgs<T> a, PnGeom g, bool small) {
   using A = acc_t<T>;
@@ -425,9 +440,9 @@ PF_KERNEL void pn_kernel(PnArgs<T> a, PnGeom g, bool small) {
     const T* xp; const T* gp; T* yp;
     pn_row(a, g, t, small, xp, gp, yp);
     A szz = 0, sgz = 0, r, kk;
-    for (int64_t c = 0; c < g.C; c += VEC) pn_sums<T, VEC, BWD>(a, g, xp, gp, c, szz, sgz);
+    pn_lane_sums<T, VEC, BWD>(a, g, xp, gp, 0, 1, szz, sgz);
     pn_factors(szz, sgz, g.C, a.eps, r, kk);
-    for (int64_t c = 0; c < g.C; c += VEC) pn_write<T, VEC, BWD>(a, g, xp, gp, yp, c, r, kk);
+    pn_lane_write<T, VEC, BWD>(a, g, xp, gp, yp, 0, 1, r, kk);
   }
 }
 
@@ -453,7 +468,7 @@ __global__ void pn_lanes_kernel(PnArgs<T> a, PnGeom g, int lanes, bool small) {
     A szz = 0, sgz = 0, r, kk;
     if (valid) {
       pn_row(a, g, row, small, xp, gp, yp);
-      for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_sums<T, VEC, BWD>(a, g, xp, gp, c, szz, sgz);
+      pn_lane_sums<T, VEC, BWD>(a, g, xp, gp, lane, lanes, szz, sgz);
     }
     for (int off = lanes / 2; off > 0; off /= 2) {
       szz += __shfl_xor_sync(0xffffffffu, szz, off, lanes);
@@ -461,7 +476,7 @@ __global__ void pn_lanes_kernel(PnArgs<T> a, PnGeom g, int lanes, bool small) {
     }
     if (valid) {
       pn_factors(szz, sgz, g.C, a.eps, r, kk);
-      for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_write<T, VEC, BWD>(a, g, xp, gp, yp, c, r, kk);
+      pn_lane_write<T, VEC, BWD>(a, g, xp, gp, yp, lane, lanes, r, kk);
     }
   }
 }
@@ -475,13 +490,12 @@ static void pn_lanes_kernel(PnArgs<T> a, PnGeom g, int lanes, bool small) {
     A szz = 0, sgz = 0, r, kk;
     for (int lane = 0; lane < lanes; ++lane) {
       A lane_szz = 0, lane_sgz = 0;
-      for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_sums<T, VEC, BWD>(a, g, xp, gp, c, lane_szz, lane_sgz);
+      pn_lane_sums<T, VEC, BWD>(a, g, xp, gp, lane, lanes, lane_szz, lane_sgz);
       szz += lane_szz;
       sgz += lane_sgz;
     }
     pn_factors(szz, sgz, g.C, a.eps, r, kk);
-    for (int lane = 0; lane < lanes; ++lane)
-      for (int64_t c = int64_t(lane) * VEC; c < g.C; c += int64_t(lanes) * VEC) pn_write<T, VEC, BWD>(a, g, xp, gp, yp, c, r, kk);
+    for (int lane = 0; lane < lanes; ++lane) pn_lane_write<T, VEC, BWD>(a, g, xp, gp, yp, lane, lanes, r, kk);
   }
 }
 #endif
